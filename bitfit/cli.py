@@ -1,0 +1,156 @@
+"""Command line: ``python -m bitfit train --task sst2 --data-dir ../shared/data/glue``.
+
+Trains one configuration, prints the dev metrics, the trainable fraction and where the bias
+artifact was written (``--json``: one JSON object instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bitfit.biases import METHODS
+from bitfit.models import POOLINGS
+from bitfit.train import PRECISIONS
+
+HOME_ENV = "BITFIT_HOME"
+
+
+def home_dir(home: str | None = None) -> Path:
+    """Where runs write: ``--home``, else ``$BITFIT_HOME``, else ``./runs``."""
+    return Path(home or os.environ.get(HOME_ENV) or "runs")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bitfit", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train one configuration and save its bias artifact")
+    p.add_argument("--task", required=True, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, "
+                   "qnli, rte, wnli) or a name for a custom task given by --train-file/--dev-file")
+    p.add_argument("--method", default="bitfit", choices=METHODS)
+    p.add_argument("--subset", default="all",
+                   help="bias subset: all, qm2, attention, mlp, layernorm or terms like q+m2+ln2")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps "
+                   "(default: each epoch)")
+    p.add_argument("--max-train-samples", type=int, default=None,
+                   help="train on a seeded random sample of this many examples")
+    p.add_argument("--validation-fraction", type=float, default=None,
+                   help="carve a seeded, stratified validation split of this share out of train "
+                   "and select the best epoch on it (dev is still reported)")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--data-dir", default=None, help="folder in the official GLUE layout "
+                   "(default: $BITFIT_GLUE_DIR, else the Hub's nyu-mll/glue)")
+    p.add_argument("--train-file", default=None, help="custom task: training file "
+                   "(.csv, .tsv, .json, .jsonl, .parquet)")
+    p.add_argument("--dev-file", default=None, help="custom task: evaluation file")
+    p.add_argument("--text-columns", default="sentence",
+                   help="custom task: one or two comma-separated text columns")
+    p.add_argument("--label-column", default="label", help="custom task: label column")
+    p.add_argument("--regression", action="store_true", help="custom task: a float target")
+    p.add_argument("--model", default=None, help="local folder or Hub id (default: the bundled "
+                   "all-MiniLM-L6-v2)")
+    p.add_argument("--pooling", default="auto", choices=POOLINGS)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--home", default=None, help="run home for the cache and artifacts "
+                   f"(default: ${HOME_ENV} or ./runs)")
+    p.add_argument("--out", default=None, help="artifact folder (default: under the run home)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> dict[str, object]:
+    from transformers.utils import logging as hf_logging
+
+    from bitfit.artifacts import save_artifact
+    from bitfit.data import prepare
+    from bitfit.models import load_base
+    from bitfit.tasks import custom_task, load_task
+    from bitfit.train import TrainConfig, train
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    config = TrainConfig(
+        method=args.method, subset=args.subset, learning_rate=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, seed=args.seed, warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay, eval_every=args.eval_every, precision=args.precision,
+    )
+    if args.train_file or args.dev_file:
+        columns = tuple(c.strip() for c in args.text_columns.split(",") if c.strip())
+        task = custom_task(args.task, text_columns=columns, label_column=args.label_column,
+                           regression=args.regression)
+    else:
+        task = load_task(args.task)
+    home = home_dir(args.home)
+    base = load_base(args.model, pooling=args.pooling)
+    data = prepare(task, base.tokenizer, data_dir=args.data_dir, train_file=args.train_file,
+                   dev_file=args.dev_file, max_length=args.max_length,
+                   max_train_samples=args.max_train_samples,
+                   validation_fraction=args.validation_fraction, cache_dir=home / "cache")
+    result = train(base, data, config, device=args.device,
+                   progress=not args.no_progress and not args.json and sys.stderr.isatty())
+    subset = f"-{config.subset}" if config.method in ("bitfit", "rand") else ""
+    out = Path(args.out) if args.out else home / "artifacts" / (
+        f"{data.task.name}-{config.method}{subset}-seed{config.seed}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}")
+    artifact = save_artifact(result, base, data.task, out,
+                             extra={"data": {"source": data.source,
+                                             "max_length": args.max_length,
+                                             "max_train_samples": args.max_train_samples,
+                                             "validation_fraction": args.validation_fraction,
+                                             "train_examples": len(data.train)}})
+    return {"task": data.task.name, "model": base.model_id, "pooling": base.pooling,
+            "method": config.method, "subset": config.subset if subset else None,
+            "main_metric": data.task.main_metric, "selection_split": data.selection_split,
+            **result.summary(), "artifact": str(artifact)}
+
+
+def _print_human(summary: dict) -> None:
+    metric = summary["main_metric"]
+    subset = f" ({summary['subset']})" if summary["subset"] else ""
+    print(f"task {summary['task']} · method {summary['method']}{subset} · model "
+          f"{summary['model']} ({summary['pooling']} pooling) · precision {summary['precision']}")
+    print(f"trainable parameters: {summary['trainable_params']:,} of "
+          f"{summary['total_params']:,} ({100 * summary['trainable_fraction']:.3f}%)")
+    for e in summary["evaluations"]:
+        parts = "  ".join(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items())
+                          for split, m in e["metrics"].items())
+        print(f"epoch {e['epoch']:.2f} (step {e['step']}, train loss {e['train_loss']:.4f}): "
+              f"{parts}")
+    if summary["status"] != "completed":
+        print(f"run {summary['status']}: {summary['message']}")
+    best = summary["best_metrics"]
+    if best:
+        print(f"best ({summary['selection_split']} {metric}, step {summary['best_step']}): " +
+              "  ".join(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items())
+                        for split, m in best.items()))
+        print("train sample: " + " ".join(f"{k} {v:.4f}"
+                                          for k, v in summary["train_metrics"].items()))
+    print(f"{summary['examples_per_second']:.1f} examples/s, {summary['wall_time_s']:.1f} s, "
+          f"peak memory {summary['peak_memory_mb']:.0f} MB")
+    print(f"artifact: {summary['artifact']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        summary = _train(args)
+    except (ValueError, OSError) as err:  # users' mistakes: one sentence, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_human(summary)
+    return 0 if summary["status"] != "diverged" else 1

@@ -1,0 +1,390 @@
+"""One training run: BitFit, full fine-tuning, head-only or the random baseline, on a loaded model.
+
+AdamW with linear warmup and decay, gradient clipping, evaluation each epoch (or every N steps),
+best-evaluation tracking and a callback per evaluation that may ask to stop. The loop knows nothing
+of Optuna or MLflow: a search prunes through the callback, a tracker logs through it.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from bitfit.biases import METHODS, RandomMask, parse_subset, random_mask, select_biases
+from bitfit.data import Encoded, TaskData, collate, eval_batches, train_batches
+from bitfit.metrics import compute_metrics, predictions_from_logits
+from bitfit.models import BaseModel, TextClassifier
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run's outcome (and so is logged with it)."""
+
+    method: str = "bitfit"
+    subset: str = "all"
+    learning_rate: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dropout: float | None = None
+    seed: int = 0
+    eval_every: int | None = None
+    precision: str = "auto"
+    group_by_length: bool = True
+    train_eval_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method in ("bitfit", "rand"):
+            parse_subset(self.subset)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1 step, got {self.eval_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of every evaluation split at one point of training."""
+
+    step: int
+    epoch: float
+    metrics: dict[str, dict[str, float]]
+    train_loss: float
+    main: float  # the task's main metric on the selection split
+
+
+Callback = Callable[[Evaluation], bool | None]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``trained`` holds the best evaluation's trained tensors by name in
+    the classifier (``encoder.…``, ``head.…``); ``rand_masks`` the rand baseline's masks."""
+
+    status: str  # completed | stopped (by the callback) | diverged (NaN or infinite loss)
+    config: TrainConfig
+    precision: str
+    evaluations: list[Evaluation]
+    best: Evaluation | None
+    train_metrics: dict[str, float]
+    trained: dict[str, torch.Tensor]
+    rand_masks: dict[str, torch.Tensor]
+    trainable_params: int
+    total_params: int
+    wall_time_s: float
+    train_time_s: float
+    examples_per_second: float
+    peak_memory_mb: float
+    message: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable_params / self.total_params
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return self.evaluations[-1].metrics if self.evaluations else {}
+
+    @property
+    def best_metrics(self) -> dict[str, dict[str, float]]:
+        return self.best.metrics if self.best else {}
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready summary (no tensors)."""
+        return {
+            "status": self.status, "message": self.message, "config": asdict(self.config),
+            "precision": self.precision, "metrics": self.metrics,
+            "best_metrics": self.best_metrics,
+            "best_step": self.best.step if self.best else None,
+            "train_metrics": self.train_metrics,
+            "evaluations": [asdict(e) for e in self.evaluations],
+            "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "trainable_fraction": self.trainable_fraction, "wall_time_s": self.wall_time_s,
+            "train_time_s": self.train_time_s, "examples_per_second": self.examples_per_second,
+            "peak_memory_mb": self.peak_memory_mb,
+        }
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` picks bf16 where the hardware runs it natively (see ``benchmarks/precision.py``
+    for the measurement that lets it), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: CUDA's allocator peak on a GPU, the process's peak RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- what is trained
+
+
+def trainable_tensors(base: BaseModel, config: TrainConfig) -> tuple[list[str], RandomMask | None]:
+    """Encoder tensor names a method trains (the head is always trained), and rand's mask."""
+    names = [n for n, _ in base.encoder.named_parameters()]
+    if config.method == "full":
+        return names, None
+    if config.method == "frozen":
+        return [], None
+    selected = [n for group in select_biases(names, base.family, config.subset).values()
+                for n in group]
+    if config.method == "bitfit":
+        return selected, None
+    params = dict(base.encoder.named_parameters())
+    k = sum(params[n].numel() for n in selected)
+    mask = random_mask(base.encoder, k, seed=config.seed)
+    return list(mask.masks), mask
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def predict(model: TextClassifier, data: Encoded, *, batch_size: int, pad_id: int,
+            device: torch.device, precision: str = "fp32") -> np.ndarray:
+    """Logits for every row of a split, in the split's order."""
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(data), model.head.out_features), dtype=np.float32)
+    for rows in eval_batches(data, batch_size):
+        batch = {k: v.to(device) for k, v in collate(data, rows, pad_id=pad_id).items()
+                 if k != "labels"}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out[rows] = model(**batch).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: TextClassifier, data: TaskData, *, batch_size: int, pad_id: int,
+             device: torch.device, precision: str = "fp32") -> dict[str, dict[str, float]]:
+    """The task's metrics on each evaluation split."""
+    return {
+        split: compute_metrics(data.task, predictions_from_logits(
+            data.task, predict(model, enc, batch_size=batch_size, pad_id=pad_id, device=device,
+                               precision=precision)), enc.labels)
+        for split, enc in data.evals.items()
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _loss(task_is_regression: bool, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if task_is_regression:
+        return F.mse_loss(logits[:, 0], labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def train(
+    base: BaseModel,
+    data: TaskData,
+    config: TrainConfig,
+    *,
+    callback: Callback | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train one configuration on the loaded base model and evaluate it.
+
+    The base model is restored to its pre-trained state first, so runs on one loaded model are
+    independent. On return the classifier holds the best evaluation's tensors.
+
+    Args:
+        base: the loaded base model (see ``models.load_base``).
+        data: tokenised splits (see ``data.prepare``); the first evaluation split selects.
+        config: method, subset and optimisation settings.
+        callback: called after each evaluation; returning True stops the run (status "stopped").
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        progress: show a progress bar.
+
+    Returns:
+        The run's ``TrainResult``; ``result.extra["model"]`` is the trained classifier.
+    """
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    precision = resolve_precision(config.precision, dev)
+    names, mask = trainable_tensors(base, config)
+    torch.manual_seed(config.seed)
+    model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
+    base.remember(names)
+    model.to(dev)
+    params = dict(model.encoder.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+    hooks = []
+    masks = {} if mask is None else {n: m.to(dev) for n, m in mask.masks.items()}
+    for n, m in masks.items():
+        # Only the chosen scalars get a gradient; with no weight decay on these tensors AdamW
+        # then leaves every other scalar bit-identical.
+        hooks.append(params[n].register_hook(lambda g, m=m: g * m))
+    trained = {f"encoder.{n}": params[n] for n in names}
+    trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+    decay = [p for n, p in trained.items()
+             if p.dim() >= 2 and n.removeprefix("encoder.") not in masks]
+    no_decay = [p for p in trained.values() if all(p is not d for d in decay)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate, fused=dev.type in ("cpu", "cuda"),
+    )
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    pad_id = base.tokenizer.pad_token_id or 0
+    trainable_params = (sum(int(m.sum()) for m in masks.values()) if masks else
+                        sum(params[n].numel() for n in names))
+    trainable_params += sum(p.numel() for p in model.head.parameters())
+    total_params = sum(p.numel() for p in model.parameters())
+
+    evaluations: list[Evaluation] = []
+    best: Evaluation | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    status, message = "completed", ""
+    step, seen, train_time, loss_sum, loss_n = 0, 0, 0.0, 0.0, 0
+    bar = tqdm(total=total_steps, disable=not progress, leave=False, mininterval=0.5,
+               desc=f"{data.task.name} {config.method}")
+
+    def run_evaluation(epoch: float) -> bool:
+        nonlocal best, best_state, loss_sum, loss_n
+        metrics = evaluate(model, data, batch_size=config.eval_batch_size, pad_id=pad_id,
+                           device=dev, precision=precision)
+        main = metrics[data.selection_split][data.task.main_metric]
+        evaluation = Evaluation(step, epoch, metrics, loss_sum / max(loss_n, 1), main)
+        loss_sum, loss_n = 0.0, 0
+        evaluations.append(evaluation)
+        if best is None or main > best.main:
+            best = evaluation
+            best_state = {n: p.detach().clone() for n, p in trained.items()}
+        bar.set_postfix({data.task.main_metric: f"{main:.4f}"})
+        return bool(callback(evaluation)) if callback is not None else False
+
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            stop = False
+            batches = train_batches(data.train, config.batch_size, seed=config.seed,
+                                    epoch=epoch, group_by_length=config.group_by_length)
+            tick = time.perf_counter()
+            for rows in batches:
+                batch = {k: v.to(dev) for k, v in collate(data.train, rows, pad_id=pad_id).items()}
+                labels = batch.pop("labels")
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits = model(**batch)
+                loss = _loss(data.task.is_regression, logits, labels)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    status = "diverged"
+                    message = (f"loss became {value} at step {step + 1} (epoch {epoch + 1}): "
+                               f"lower the learning rate (now {config.learning_rate:g})")
+                    stop = True
+                    break
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(trained.values()), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                seen += len(rows)
+                loss_sum, loss_n = loss_sum + value, loss_n + 1
+                bar.update(1)
+                if config.eval_every and step % config.eval_every == 0:
+                    train_time += time.perf_counter() - tick
+                    stop = run_evaluation(step / steps_per_epoch)
+                    tick = time.perf_counter()
+                    if stop:
+                        status = "stopped"
+                        break
+            else:
+                train_time += time.perf_counter() - tick
+                if not config.eval_every or step % config.eval_every:
+                    stop = run_evaluation(float(epoch + 1))
+                    status = "stopped" if stop else status
+            if stop:
+                break
+    finally:
+        bar.close()
+        for h in hooks:
+            h.remove()
+
+    with torch.no_grad():
+        for n, value in best_state.items():
+            trained[n].copy_(value)
+    train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
+                                   precision=precision) if best else {}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return TrainResult(
+        status=status, config=config, precision=precision, evaluations=evaluations, best=best,
+        train_metrics=train_metrics,
+        trained={n: v.cpu() for n, v in best_state.items()},
+        rand_masks={f"encoder.{n}": m.cpu() for n, m in masks.items()},
+        trainable_params=trainable_params, total_params=total_params,
+        wall_time_s=time.perf_counter() - started, train_time_s=train_time,
+        examples_per_second=seen / train_time if train_time else 0.0,
+        peak_memory_mb=peak_memory_mb(dev), message=message, extra={"model": model},
+    )
+
+
+def _train_metrics(model: TextClassifier, data: TaskData, config: TrainConfig, *, pad_id: int,
+                   device: torch.device, precision: str) -> dict[str, float]:
+    # Scored on a seeded sample of the training split: enough for the generalisation gap, and
+    # cheap next to training on all of it.
+    n = len(data.train)
+    rows = np.random.default_rng(config.seed).permutation(n)[: config.train_eval_samples]
+    sample = data.train.take(np.sort(rows))
+    logits = predict(model, sample, batch_size=config.eval_batch_size, pad_id=pad_id,
+                     device=device, precision=precision)
+    return compute_metrics(data.task, predictions_from_logits(data.task, logits), sample.labels)
