@@ -28,6 +28,7 @@ SUBSETS: dict[str, tuple[str, ...]] = {
 }
 
 _L = r"\.(\d+)\."  # the layer index
+_IN_LAYER = re.compile(r"(^|\.)layer\.\d+\.")
 _BERT_LIKE = {
     "q": rf"encoder\.layer{_L}attention\.self\.query\.bias",
     "k": rf"encoder\.layer{_L}attention\.self\.key\.bias",
@@ -175,13 +176,13 @@ class RandomMask:
 def random_mask(encoder: nn.Module, k: int, *, seed: int) -> RandomMask:
     """Draw k distinct scalars uniformly at random from the transformer layers' weight matrices.
 
-    The candidates are every 2-D ``weight`` of the encoder except the embedding tables, so the
-    baseline spends its budget where BitFit's biases live: inside the transformer layers.
+    The candidates are the 2-D ``weight`` matrices of the transformer layers (not embeddings,
+    not the pooler), where BitFit's biases live.
     """
     params = [
         (n, p)
         for n, p in encoder.named_parameters()
-        if p.dim() == 2 and n.endswith("weight") and "embeddings" not in n
+        if p.dim() == 2 and n.endswith("weight") and _IN_LAYER.search(n)
     ]
     total = sum(p.numel() for _, p in params)
     if not 0 < k <= total:

@@ -175,7 +175,7 @@ def subsample(frame: pd.DataFrame, n: int | None, *, seed: int = 0) -> pd.DataFr
     if n is None or n >= len(frame):
         return frame
     if n <= 0:
-        raise ValueError(f"max_train_samples must be > 0, got {n}")
+        raise ValueError(f"a sample size must be > 0, got {n}")
     return frame.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
@@ -222,8 +222,14 @@ class Encoded:
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash that changes whenever the tokenizer would split text differently."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = backend.to_str() if backend is not None else json.dumps(
-        [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)])
+    if backend is None:
+        spec = json.dumps([type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)])
+    else:
+        # Truncation and padding are per-call settings the fast tokenizer remembers: not identity.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        spec = json.dumps(state, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()
 
 
@@ -312,18 +318,22 @@ def prepare(
     dev_file: str | os.PathLike[str] | None = None,
     max_length: int = 128,
     max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
     validation_fraction: float | None = None,
     data_seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TaskData:
     """Load, subsample, optionally carve a validation split, and tokenise a task's data.
 
+    ``max_train_samples`` and ``max_eval_samples`` keep a seeded random sample of train and of
+    each dev split (for quick looks; leave them out for results to report).
+
     With ``validation_fraction`` the evaluation splits start with ``heldout`` (carved from train,
     seeded and stratified), which is what a search should select on, followed by the dev splits.
     """
     task, frames = load_splits(task, data_dir=data_dir, train_file=train_file, dev_file=dev_file)
     train = subsample(frames.pop("train"), max_train_samples, seed=data_seed)
-    evals = dict(frames)
+    evals = {s: subsample(f, max_eval_samples, seed=data_seed) for s, f in frames.items()}
     if validation_fraction:
         train, held = carve_validation(task, train, validation_fraction, seed=data_seed)
         evals = {HELDOUT: held, **evals}

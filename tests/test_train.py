@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitfit.biases import select_biases
+from bitfit.train import TrainConfig, resolve_precision, train
+
+
+def _pristine(base):
+    base.restore()
+    return {n: p.detach().clone() for n, p in base.encoder.named_parameters()}
+
+
+def _changed(base, before):
+    return {n: (p.detach() != before[n]) for n, p in base.encoder.named_parameters()
+            if not torch.equal(p.detach(), before[n])}
+
+
+def test_bitfit_changes_only_the_selected_biases(base, cola_small):
+    before = _pristine(base)
+    result = train(base, cola_small, TrainConfig(subset="qm2", epochs=1, learning_rate=1e-2),
+                   progress=False)
+
+    selected = {n for names in select_biases(before, "bert", "qm2").values() for n in names}
+    assert set(_changed(base, before)) == selected  # every other tensor bit-identical
+    assert len(selected) == 12
+    assert result.trainable_params == 6 * (384 + 1536) + 384 * 2 + 2
+    assert set(result.trained) == {f"encoder.{n}" for n in selected} | {"head.weight",
+                                                                        "head.bias"}
+
+
+def test_rand_trains_exactly_as_many_scalars_as_the_bias_subset(base, cola_small):
+    before = _pristine(base)
+    result = train(base, cola_small, TrainConfig(method="rand", subset="qm2", epochs=1,
+                                                 learning_rate=1e-2), progress=False)
+
+    k = 6 * (384 + 1536)
+    changed = _changed(base, before)
+    masks = {n.removeprefix("encoder."): m for n, m in result.rand_masks.items()}
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    assert result.trainable_params == k + 384 * 2 + 2
+    assert set(changed) <= set(masks)
+    assert all(not (diff & ~masks[n]).any() for n, diff in changed.items())  # only masked moved
+    assert sum(int(d.sum()) for d in changed.values()) > 0.9 * k
+
+
+def test_frozen_trains_the_head_only(base, cola_small):
+    before = _pristine(base)
+    result = train(base, cola_small, TrainConfig(method="frozen", epochs=1), progress=False)
+
+    assert _changed(base, before) == {}
+    assert set(result.trained) == {"head.weight", "head.bias"}
+
+
+def test_full_fine_tuning_trains_everything(base, cola_small):
+    result = train(base, cola_small, TrainConfig(method="full", epochs=1, learning_rate=5e-5),
+                   progress=False)
+
+    assert result.trainable_params == result.total_params
+    assert result.trainable_fraction == 1.0
+
+
+def test_same_seed_same_metrics_and_tensors(base, cola_small):
+    config = TrainConfig(epochs=1, seed=7, precision="fp32")
+    a = train(base, cola_small, config, progress=False)
+    b = train(base, cola_small, config, progress=False)
+    c = train(base, cola_small, TrainConfig(epochs=1, seed=8, precision="fp32"), progress=False)
+
+    assert a.evaluations == b.evaluations
+    assert all(torch.equal(a.trained[n], b.trained[n]) for n in a.trained)
+    assert not torch.equal(a.trained["head.weight"], c.trained["head.weight"])
+
+
+def test_a_callback_sees_each_evaluation_and_can_stop_the_run(base, cola_small):
+    seen = []
+
+    def stop_at_second(evaluation):
+        seen.append(evaluation.step)
+        return len(seen) == 2
+
+    result = train(base, cola_small, TrainConfig(epochs=3, eval_every=2), callback=stop_at_second,
+                   progress=False)
+
+    assert seen == [2, 4]
+    assert result.status == "stopped" and len(result.evaluations) == 2
+    assert result.best is not None and result.best.step in (2, 4)
+
+
+def test_best_evaluation_is_tracked_and_its_tensors_are_kept(base, cola_small):
+    result = train(base, cola_small, TrainConfig(epochs=3, learning_rate=3e-3), progress=False)
+
+    mains = [e.main for e in result.evaluations]
+    assert len(mains) == 3 and result.best.main == max(mains)
+    assert result.best.epoch == 1 + mains.index(max(mains))
+    model = result.extra["model"]
+    assert torch.equal(model.head.weight, result.trained["head.weight"])
+
+
+def test_an_exploding_loss_ends_the_run_with_a_clear_status(base, cola_small):
+    result = train(base, cola_small, TrainConfig(method="full", epochs=1, learning_rate=1e30,
+                                                 warmup_ratio=0.0), progress=False)
+
+    assert result.status == "diverged"
+    assert "lower the learning rate" in result.message
+
+
+def test_stsb_trains_a_single_regression_output(base, stsb_small):
+    result = train(base, stsb_small, TrainConfig(epochs=1, eval_every=5, learning_rate=1e-2),
+                   progress=False)
+
+    assert result.extra["model"].head.out_features == 1
+    assert set(result.best_metrics["validation"]) == {"pearson", "spearman"}
+    losses = [e.train_loss for e in result.evaluations]
+    assert losses[-1] < losses[0] / 2  # MSE against 0-5 similarity scores falls as it learns
+
+
+def test_bitfit_learns_sst2_from_a_small_sample(base, sst2_small):
+    result = train(base, sst2_small, TrainConfig(epochs=2, learning_rate=3e-3), progress=False)
+
+    assert result.best_metrics["validation"]["accuracy"] > 0.7
+    assert 0.001 < result.trainable_fraction < 0.002  # about 0.1% of the parameters
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", -1e-3, "learning_rate must be > 0, got -0.001"),
+    ("method", "lora", "method must be one of bitfit, full, frozen, rand, got 'lora'"),
+    ("subset", "q+z", "unknown bias subset 'q+z'"),
+    ("precision", "fp16", "precision must be one of auto, fp32, bf16, got 'fp16'"),
+    ("epochs", 0, "epochs must be >= 1, got 0"),
+])
+def test_bad_settings_are_named_with_what_was_given(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("+", r"\+")):
+        TrainConfig(**{field: value})
+
+
+def test_explicit_precision_is_kept():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
