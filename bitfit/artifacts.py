@@ -15,6 +15,7 @@ import platform
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -88,7 +89,7 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read an artifact folder: its manifest and its tensors (safetensors, no unpickling).
 
     Raises:

@@ -1,9 +1,10 @@
 """Loading a task's splits, tokenising them once into an on-disk cache, and batching them.
 
-Sources, in order: a local folder in the official GLUE layout (``--data-dir`` or ``BITFIT_GLUE_DIR``),
-the Hub dataset ``nyu-mll/glue``, or a custom task's CSV/TSV/JSON/Parquet files. Tokenised splits are
-cached as Parquet under a key of (data, tokenizer, max length), so a second run does not tokenise.
-Training batches are grouped by length in seeded, shuffled buckets to spend little on padding.
+Sources, in order: a local folder in the official GLUE layout (``--data-dir`` or
+``BITFIT_GLUE_DIR``), the Hub dataset ``nyu-mll/glue``, or a custom task's CSV/TSV/JSON/Parquet
+files. Tokenised splits are cached as Parquet under a key of (data, tokenizer, max length), so a
+second run does not tokenise. Training batches are grouped by length in seeded, shuffled buckets
+to spend little on padding.
 """
 
 from __future__ import annotations
@@ -212,8 +213,8 @@ class Encoded:
     def take(self, rows: np.ndarray) -> Encoded:
         """The sub-split made of the given rows, in that order."""
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        gather = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else (
-            np.zeros(0, dtype=np.int64))
+        spans = [np.arange(s, e) for s, e in zip(starts, ends, strict=True)]
+        gather = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(ends - starts)])
         types = None if self.type_ids is None else self.type_ids[gather]
         return Encoded(self.ids[gather], offsets, self.labels[rows], types)
@@ -234,7 +235,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _frame_fingerprint(frame: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashes.tobytes()).hexdigest()
 
 
 def encode(
@@ -382,12 +384,13 @@ def collate(data: Encoded, rows: np.ndarray, *, pad_id: int) -> dict[str, torch.
     width = int(lengths.max())
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
-    types = None if data.type_ids is None else np.zeros((len(rows), width), dtype=np.int64)
-    for i, (s, n) in enumerate(zip(starts, lengths)):
+    type_ids = data.type_ids
+    types = None if type_ids is None else np.zeros((len(rows), width), dtype=np.int64)
+    for i, (s, n) in enumerate(zip(starts, lengths, strict=True)):
         ids[i, :n] = data.ids[s : s + n]
         mask[i, :n] = 1
-        if types is not None:
-            types[i, :n] = data.type_ids[s : s + n]
+        if types is not None and type_ids is not None:
+            types[i, :n] = type_ids[s : s + n]
     batch = {
         "input_ids": torch.from_numpy(ids),
         "attention_mask": torch.from_numpy(mask),

