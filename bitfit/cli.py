@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout probability everywhere (default: the checkpoint's own)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps "
                    "(default: each epoch)")
     p.add_argument("--max-train-samples", type=int, default=None,
@@ -85,6 +87,7 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
         method=args.method, subset=args.subset, learning_rate=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, eval_every=args.eval_every, precision=args.precision,
+        dropout=args.dropout,
     )
     if args.train_file or args.dev_file:
         columns = tuple(c.strip() for c in args.text_columns.split(",") if c.strip())

@@ -104,6 +104,11 @@ class BaseModel:
     pooling: str
     weights_hash: str
     _pristine: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _dropout: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._dropout = {n: m.p for n, m in self.encoder.named_modules()
+                         if isinstance(m, nn.Dropout)}
 
     @property
     def num_parameters(self) -> int:
@@ -128,8 +133,15 @@ class BaseModel:
 
     def classifier(self, num_labels: int, *, seed: int, dropout: float | None = None
                    ) -> TextClassifier:
-        """A classifier over the restored pre-trained encoder, with a head initialised from seed."""
+        """A classifier over the restored pre-trained encoder, with a head initialised from seed.
+
+        ``dropout`` replaces every dropout probability of the encoder and the head; None keeps
+        the checkpoint's own (the head then uses its hidden dropout).
+        """
         self.restore()
+        for name, module in self.encoder.named_modules():
+            if isinstance(module, nn.Dropout):
+                module.p = self._dropout[name] if dropout is None else dropout
         config = self.encoder.config
         p = config.hidden_dropout_prob if dropout is None else dropout
         return TextClassifier(self.encoder, pooling=self.pooling, num_labels=num_labels,

@@ -60,6 +60,14 @@ def test_restore_after_training_equals_a_fresh_load_bit_for_bit(base, cola_small
         assert torch.equal(value, fresh[name]), name
 
 
+def test_dropout_can_be_set_for_a_run_and_comes_back_for_the_next(base):
+    probabilities = lambda model: {m.p for m in model.modules()  # noqa: E731
+                                   if isinstance(m, torch.nn.Dropout)}
+
+    assert probabilities(base.classifier(2, seed=0, dropout=0.0)) == {0.0}
+    assert probabilities(base.classifier(2, seed=0)) == {0.1}  # the checkpoint's own
+
+
 def test_the_head_is_reinitialised_from_the_runs_seed(base):
     a = base.classifier(2, seed=1).head.weight.clone()
     b = base.classifier(2, seed=1).head.weight.clone()
