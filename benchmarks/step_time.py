@@ -38,6 +38,7 @@ CONFIGS: dict[str, TrainConfig | None] = {  # None: inference forward pass
     "bitfit_qm2": TrainConfig(subset="qm2", precision="fp32"),
     "forward": None,
     "bitfit_bf16": TrainConfig(precision="bf16"),
+    "bitfit_no_dropout": TrainConfig(precision="fp32", dropout=0.0),  # what dropout costs
     "plain": None,  # a plain hand-written BitFit loop on the stock HF classifier, for reference
 }
 TARGETS = {"bitfit_over_full": ("<=", 0.68), "bitfit_over_forward": ("<=", 2.45),
@@ -166,7 +167,8 @@ def main() -> None:
               "bitfit_over_forward": ms["bitfit_all"] / ms["forward"],
               "bf16_speedup": ms["bitfit_all"] / ms["bitfit_bf16"],
               "plain_over_forward": ms["plain"] / ms["forward"],
-              "bitfit_over_plain": ms["bitfit_all"] / ms["plain"]}
+              "bitfit_over_plain": ms["bitfit_all"] / ms["plain"],
+              "no_dropout_over_forward": ms["bitfit_no_dropout"] / ms["forward"]}
     log("peak memory: one process per mode")
     memory = {m: json.loads(subprocess.run(
         [sys.executable, __file__, "--only", m, "--memory"],
