@@ -1,0 +1,213 @@
+"""Optuna: the objective, sampler, pruner, storage, resuming and failed-trial handling.
+
+Every trial trains on the one loaded base model (``train`` restores it; nothing is reloaded) and
+reports each evaluation to Optuna, which may prune it. The study's storage (SQLite in the run home
+by default, any Optuna RDB URL otherwise) is the source of truth: the same study name resumes,
+finished trials are kept and not rerun, and ``n_trials`` is the study's total budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from bitfit.artifacts import save_artifact
+from bitfit.data import TaskData
+from bitfit.models import BaseModel
+from bitfit.space import SearchSpace
+from bitfit.train import Evaluation, TrainResult, train
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class TrialFailed(RuntimeError):
+    """A trial that ran but produced no usable value (its loss diverged)."""
+
+
+def default_storage(home: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(home).resolve()}/optuna.db"
+
+
+def open_study(space: SearchSpace, *, storage: str, study_name: str) -> optuna.Study:
+    """Create the study, or load it when it exists (resume)."""
+    if storage.startswith("sqlite:"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        backend: str | optuna.storages.BaseStorage = storage
+    else:  # a server: a worker that dies leaves a RUNNING trial, failed after the grace period
+        backend = optuna.storages.RDBStorage(
+            storage, heartbeat_interval=30, grace_period=120,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    try:
+        resumed = len(optuna.load_study(study_name=study_name, storage=backend).trials)
+    except KeyError:  # a new study
+        resumed = 0
+    return optuna.create_study(study_name=study_name, storage=backend,
+                               sampler=space.make_sampler(resumed_trials=resumed),
+                               pruner=space.make_pruner(),
+                               direction=space.direction,  # type: ignore[arg-type]
+                               load_if_exists=True)
+
+
+@dataclass
+class StudyOutcome:
+    study: optuna.Study
+    parent_run_id: str | None
+    experiment_id: str | None
+    ran: int  # trials this call ran
+
+    @property
+    def best(self) -> optuna.trial.FrozenTrial | None:
+        done = self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+        return self.study.best_trial if done else None
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    assert isinstance(dist, optuna.distributions.FloatDistribution)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def run_study(
+    base: BaseModel,
+    data: TaskData,
+    space: SearchSpace,
+    *,
+    storage: str,
+    study_name: str,
+    home: str | os.PathLike[str],
+    n_trials: int | None = None,
+    tracker=None,
+    experiment: str | None = None,
+    run_params: dict[str, Any] | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> StudyOutcome:
+    """Run trials until the study has ``n_trials`` finished ones (the space's budget by default).
+
+    Args:
+        base: the loaded base model, shared by every trial.
+        data: tokenised splits; trials select on ``data.selection_split`` and are evaluated on
+            it only (dev stays untouched in the default protocol).
+        space: the search space.
+        storage: an Optuna storage URL.
+        study_name: resumes the study when it exists.
+        home: the run home (artifacts are staged there before MLflow takes them).
+        n_trials: the study's total budget; the space's ``n_trials`` when None.
+        tracker: a ``tracking.Tracker`` to record runs in MLflow, or None.
+        experiment: MLflow experiment name (default: the task's name).
+        run_params: extra parameters for the parent run (data settings, model).
+        device: training device.
+        log: where progress lines go.
+    """
+    budget = n_trials or space.n_trials
+    selection = data.selection_split
+    data = dataclasses.replace(data, evals={selection: data.evals[selection]})
+    metric = data.task.main_metric if space.metric == "main" else space.metric
+    if metric not in data.task.metrics:
+        raise ValueError(f"objective metric {metric!r} is not a metric of task "
+                         f"{data.task.name!r}: use one of {', '.join(data.task.metrics)}")
+    study = open_study(space, storage=storage, study_name=study_name)
+    study.set_user_attr("selection_split", selection)
+    experiment_id = parent_id = None
+    if tracker is not None:
+        experiment_id = tracker.experiment(experiment or data.task.name)
+        parent_id = tracker.study_run(experiment_id, study_name, {
+            "space": space.name, "method": space.method, "n_trials": budget,
+            "metric": metric, "direction": space.direction, "selection_split": selection,
+            "sampler": space.sampler["name"], "pruner": space.pruner["name"],
+            "storage": storage, "study_name": study_name, "task": data.task.name,
+            **(run_params or {})})
+        study.set_user_attr("mlflow_parent_run_id", parent_id)
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {name: _suggest(trial, name, d) for name, d in space.distributions.items()}
+        config = space.config_for(values)
+        run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values)
+                  if tracker is not None else None)
+        trial.set_user_attr("method", config.method)
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        seen = 0
+
+        def on_evaluation(evaluation: Evaluation) -> bool:
+            nonlocal seen
+            seen += 1
+            if tracker is not None:
+                tracker.log_evaluation(run_id, evaluation, int(time.time() * 1000))
+            trial.report(evaluation.metrics[selection][metric], step=seen)
+            return trial.should_prune()
+
+        try:
+            result = train(base, data, config, callback=on_evaluation, device=device,
+                           progress=False)
+            if result.status == "diverged":
+                raise TrialFailed(result.message)
+        except Exception as err:  # recorded as FAIL with its reason; the study goes on
+            reason = f"{type(err).__name__}: {err}"
+            trial.set_user_attr("fail_reason", reason)
+            if tracker is not None:
+                tracker.end_trial(run_id, "FAIL", reason=reason)
+            raise
+        state = "PRUNED" if result.status == "stopped" else "COMPLETE"
+        value = _value(result, selection, metric)
+        trial.set_user_attr("trainable_params", result.trainable_params)
+        if tracker is not None and run_id is not None:
+            _finish_tracked(tracker, run_id, state, result, base, data, config.method, home)
+        if state == "PRUNED":
+            raise optuna.TrialPruned(f"pruned at evaluation {seen}")
+        return value
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
+        best = ""
+        if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+            best = (f"; best {study.best_value:.4f} (trial {study.best_trial.number}: "
+                    f"{_params_text(study.best_trial.params)})")
+        log(f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value} "
+            f"({_params_text(trial.params)}){best}")
+
+    remaining = budget - len(study.get_trials(deepcopy=False, states=FINISHED))
+    before = len(study.trials)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED),
+                                  report])
+    if tracker is not None:
+        tracker.end_study(parent_id, study)
+    return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)
+
+
+def _value(result: TrainResult, split: str, metric: str) -> float:
+    if result.best is None:
+        return math.nan
+    return result.best.metrics[split][metric]
+
+
+def _finish_tracked(tracker, run_id: str, state: str, result: TrainResult, base: BaseModel,
+                    data: TaskData, method: str, home: str | os.PathLike[str]) -> None:
+    if method == "full":  # a whole checkpoint, not a bias artifact: metrics only
+        tracker.end_trial(run_id, state, result=result)
+        return
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=home) as tmp:
+        folder = save_artifact(result, base, data.task, Path(tmp) / "artifact")
+        tracker.end_trial(run_id, state, result=result, artifact_dir=folder)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in params.items())

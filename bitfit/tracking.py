@@ -1,0 +1,170 @@
+"""MLflow: the record people browse. The only module that imports mlflow.
+
+Layout: an experiment per task; a parent run per study (tag ``bitfit.study``), a nested child run
+per trial with the resolved parameters, the metrics of every evaluation (with step), tags for the
+trial number, state and method, and the bias artifact. The parent holds the best value and
+parameters, Optuna's plots and a Parquet table of all trials. Runs are addressed by id through
+``MlflowClient``, so nothing depends on a global active run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from bitfit.train import Evaluation, TrainConfig, TrainResult
+
+STUDY_TAG = "bitfit.study"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs, tags and printed output)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def default_tracking_uri(home: str | os.PathLike[str]) -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite store in the run home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve()}/mlflow.db"
+
+
+def ui_command(tracking_uri: str, home: str | os.PathLike[str]) -> str:
+    """The command that shows this store in the MLflow UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {mask_url(tracking_uri)}"
+    artifacts = (Path(home).resolve() / "mlartifacts").as_uri()
+    return (f"mlflow ui --backend-store-uri {mask_url(tracking_uri)} "
+            f"--default-artifact-root {artifacts} --host 127.0.0.1 --port 5000")
+
+
+class Tracker:
+    """Writes a study's runs to one MLflow tracking store."""
+
+    def __init__(self, tracking_uri: str, *, home: str | os.PathLike[str]) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._artifacts = (Path(home).resolve() / "mlartifacts").as_uri()
+
+    def experiment(self, name: str) -> str:
+        """The id of the named experiment, created (artifacts under the run home) if new."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None if self.tracking_uri.startswith("http") else self._artifacts
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def study_run(self, experiment_id: str, study_name: str, params: dict[str, Any]) -> str:
+        """The parent run of a study: the existing one when the study resumes, else a new one."""
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study_name}'",
+            max_results=1)
+        if found:
+            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+        run = self.client.create_run(experiment_id, run_name=f"search {study_name}",
+                                     tags={STUDY_TAG: study_name, "bitfit.kind": "search"})
+        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v))
+                                                       for k, v in params.items()])
+        return run.info.run_id
+
+    def trial_run(self, experiment_id: str, parent_id: str, number: int,
+                  config: TrainConfig, values: dict[str, Any]) -> str:
+        """A child run for a trial, with its resolved parameters."""
+        run = self.client.create_run(
+            experiment_id, run_name=f"trial {number}",
+            tags={"mlflow.parentRunId": parent_id, "trial_number": str(number),
+                  "method": config.method, "state": "RUNNING"})
+        params = {**asdict(config), **{f"search.{k}": v for k, v in values.items()}}
+        self.client.log_batch(run.info.run_id,
+                              params=[Param(k, _short(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_evaluation(self, run_id: str, evaluation: Evaluation, timestamp_ms: int) -> None:
+        metrics = [Metric(f"{split}_{name}", value, timestamp_ms, evaluation.step)
+                   for split, values in evaluation.metrics.items()
+                   for name, value in values.items()]
+        metrics += [Metric("train_loss", evaluation.train_loss, timestamp_ms, evaluation.step),
+                    Metric("epoch", evaluation.epoch, timestamp_ms, evaluation.step)]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def end_trial(self, run_id: str, state: str, *, result: TrainResult | None = None,
+                  artifact_dir: str | os.PathLike[str] | None = None, reason: str = "") -> None:
+        """Close a trial's run: state tag (COMPLETE, PRUNED, FAIL), summary and artifact."""
+        tags = [RunTag("state", state)] + ([RunTag("fail_reason", reason[:5000])]
+                                           if reason else [])
+        metrics = []
+        if result is not None:
+            tags += [RunTag("trainable_params", str(result.trainable_params)),
+                     RunTag("status", result.status)]
+            summary = {"trainable_params": result.trainable_params,
+                       "trainable_fraction": result.trainable_fraction,
+                       "train_time_s": result.train_time_s,
+                       "examples_per_second": result.examples_per_second,
+                       "peak_memory_mb": result.peak_memory_mb,
+                       **{f"train_{k}": v for k, v in result.train_metrics.items()}}
+            if result.best is not None:
+                summary["best_value"] = result.best.main
+            metrics = [Metric(k, float(v), 0, 0) for k, v in summary.items()]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        if artifact_dir is not None:
+            self.client.log_artifacts(run_id, str(artifact_dir), artifact_path="bias_artifact")
+        self.client.set_terminated(run_id, status="FAILED" if state == "FAIL" else "FINISHED")
+
+    def end_study(self, parent_id: str, study) -> None:
+        """Best value and parameters, Optuna's plots and the trials table on the parent run."""
+        import optuna
+
+        complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if complete:
+            best = study.best_trial
+            self.client.log_batch(parent_id, metrics=[Metric("best_value", best.value, 0, 0)],
+                                  tags=[RunTag("best_trial", str(best.number))] +
+                                  [RunTag(f"best.{k}", _short(v)) for k, v in
+                                   best.params.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            study.trials_dataframe().to_parquet(Path(tmp) / "trials.parquet")
+            _plots(study, Path(tmp))
+            self.client.log_artifacts(parent_id, tmp)
+        self.client.set_terminated(parent_id, status="FINISHED")
+
+    def child_runs(self, experiment_id: str, parent_id: str) -> list:
+        return self.client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+            max_results=10_000)
+
+
+def _plots(study, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    for name, plot in (("optimization_history", vis.plot_optimization_history),
+                       ("param_importances", vis.plot_param_importances),
+                       ("slice", vis.plot_slice)):
+        try:
+            with warnings.catch_warnings():  # "experimental" and few-trials notices
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue  # too few finished trials or parameters for this plot yet
+        figure: Any = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+
+
+def _short(value: Any) -> str:
+    text = mask_url(str(value)) if "://" in str(value) else str(value)
+    return text[:6000]

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+
+def test_search_flow_runs_the_study_and_prints_one_json_summary(glue_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
+         str(glue_dir), "--space", "quick", "--n-trials", "2", "--max-train-samples", "200",
+         "--home", str(tmp_path), "--json",
+         "--storage", f"sqlite:///{tmp_path}/optuna.db"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert summary["study_name"] == "cola-quick-n200" and summary["trials"] == 2
+    assert summary["selection_split"] == "heldout" and summary["best_params"]
+    ui = f"mlflow ui --backend-store-uri {summary['tracking_uri']}"
+    assert summary["mlflow_ui"].startswith(ui)
+    assert "trial 2 of 2" in out.stderr
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    children = client.search_runs(
+        [summary["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
+    assert len(children) == 2

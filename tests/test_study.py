@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from optuna.trial import TrialState
+
+from bitfit.artifacts import apply_artifact
+from bitfit.space import load_space
+from bitfit.study import run_study
+from bitfit.tracking import Tracker, mask_url
+
+
+@pytest.fixture(scope="module")
+def cola_search(base, glue_dir, cache_dir):
+    from bitfit.data import prepare
+    from bitfit.tasks import load_task
+
+    return prepare(load_task("cola"), base.tokenizer, data_dir=glue_dir, max_length=64,
+                   max_train_samples=200, validation_fraction=0.25, cache_dir=cache_dir)
+
+
+def _run(base, data, space, home, name, n, **kwargs):
+    tracker = Tracker(f"sqlite:///{home}/mlflow.db", home=home)
+    outcome = run_study(base, data, space, storage=f"sqlite:///{home}/optuna.db",
+                        study_name=name, home=home, n_trials=n, tracker=tracker,
+                        log=lambda line: None, **kwargs)
+    return outcome, tracker
+
+
+def test_a_study_records_each_trial_as_a_child_run_with_a_bias_artifact(base, cola_search,
+                                                                         tmp_path):
+    outcome, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "s", 3)
+
+    children = tracker.child_runs(outcome.experiment_id, outcome.parent_run_id)
+    assert len(children) == 3 and len(outcome.study.trials) == 3
+    by_number = {int(r.data.tags["trial_number"]): r for r in children}
+    for trial in outcome.study.trials:
+        run = by_number[trial.number]
+        assert run.data.tags["state"] == "COMPLETE" and run.data.tags["method"] == "bitfit"
+        assert run.data.params["subset"] == trial.params["subset"]
+        history = tracker.client.get_metric_history(run.info.run_id, "heldout_mcc")
+        assert [m.step for m in history] == [5]  # one epoch of 150 examples, batch 32
+        assert history[0].value == trial.value
+        folder = tracker.client.download_artifacts(run.info.run_id, "bias_artifact",
+                                                   str(tmp_path / f"dl{trial.number}"))
+        model = apply_artifact(base, folder)
+        assert model.head.out_features == 2
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["best_value"] == outcome.study.best_value
+    assert parent.data.tags["best_trial"] == str(outcome.study.best_trial.number)
+    artifacts = {a.path for a in tracker.client.list_artifacts(outcome.parent_run_id)}
+    assert {"trials.parquet", "optimization_history.png"} <= artifacts
+
+
+def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search, tmp_path):
+    first, _ = _run(base, cola_search, load_space("quick"), tmp_path, "resume", 2)
+    first_params = [t.params for t in first.study.trials]
+    again, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "resume", 2)
+    more, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "resume", 3)
+
+    assert (first.ran, again.ran, more.ran) == (2, 0, 1)
+    assert [t.number for t in more.study.trials] == [0, 1, 2]
+    assert [t.params for t in more.study.trials[:2]] == first_params
+    assert more.study.trials[2].params not in first_params  # a resumed sampler draws anew
+    assert first.parent_run_id == more.parent_run_id
+    assert len(tracker.child_runs(more.experiment_id, more.parent_run_id)) == 3
+
+
+def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(base, cola_search, tmp_path):
+    space = dataclasses.replace(load_space("quick"), pruner={"name": "threshold", "lower": 2.0})
+    outcome, tracker = _run(base, cola_search, space, tmp_path, "prune", 1)
+
+    assert outcome.study.trials[0].state == TrialState.PRUNED
+    (run,) = tracker.child_runs(outcome.experiment_id, outcome.parent_run_id)
+    assert run.data.tags["state"] == "PRUNED"
+
+
+def test_a_failed_trial_keeps_its_reason_and_the_study_goes_on(base, cola_search, tmp_path):
+    space = load_space("quick")
+    # the bundled model's pooler is unused and removed: asking for its bias fails the trial
+    failing = dataclasses.replace(space, distributions={
+        **space.distributions,
+        "subset": type(space.distributions["subset"])(["q+pooler", "qm2"])})
+    outcome, tracker = _run(base, cola_search, failing, tmp_path, "fail", 4)
+
+    states = [t.state for t in outcome.study.trials]
+    assert len(states) == 4 and TrialState.FAIL in states and TrialState.COMPLETE in states
+    failed = next(t for t in outcome.study.trials if t.state == TrialState.FAIL)
+    assert "pooler" in failed.user_attrs["fail_reason"]
+    runs = {int(r.data.tags["trial_number"]): r for r in
+            tracker.child_runs(outcome.experiment_id, outcome.parent_run_id)}
+    assert runs[failed.number].data.tags["state"] == "FAIL"
+    assert "pooler" in runs[failed.number].data.tags["fail_reason"]
+
+
+def test_passwords_in_urls_are_masked():
+    assert mask_url("postgresql://bob:s3cret@db:5432/optuna") == \
+        "postgresql://bob:***@db:5432/optuna"
+    assert mask_url("sqlite:///runs/optuna.db") == "sqlite:///runs/optuna.db"
