@@ -164,6 +164,8 @@ def run_study(
         state = "PRUNED" if result.status == "stopped" else "COMPLETE"
         value = _value(result, selection, metric)
         trial.set_user_attr("trainable_params", result.trainable_params)
+        trial.set_user_attr("train_time_s", result.train_time_s)
+        trial.set_user_attr("eval_time_s", result.eval_time_s)
         if tracker is not None and run_id is not None:
             _finish_tracked(tracker, run_id, state, result, base, data, config.method, home)
         if state == "PRUNED":

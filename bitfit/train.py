@@ -102,6 +102,7 @@ class TrainResult:
     train_time_s: float
     examples_per_second: float
     peak_memory_mb: float
+    eval_time_s: float = 0.0  # evaluations, including the train-split metric
     message: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -128,7 +129,8 @@ class TrainResult:
             "evaluations": [asdict(e) for e in self.evaluations],
             "trainable_params": self.trainable_params, "total_params": self.total_params,
             "trainable_fraction": self.trainable_fraction, "wall_time_s": self.wall_time_s,
-            "train_time_s": self.train_time_s, "examples_per_second": self.examples_per_second,
+            "train_time_s": self.train_time_s, "eval_time_s": self.eval_time_s,
+            "examples_per_second": self.examples_per_second,
             "peak_memory_mb": self.peak_memory_mb,
         }
 
@@ -295,12 +297,13 @@ def train(
     best: Evaluation | None = None
     best_state: dict[str, torch.Tensor] = {}
     status, message = "completed", ""
-    step, seen, train_time, loss_sum, loss_n = 0, 0, 0.0, 0.0, 0
+    step, seen, train_time, eval_time, loss_sum, loss_n = 0, 0, 0.0, 0.0, 0.0, 0
     bar = tqdm(total=total_steps, disable=not progress, leave=False, mininterval=0.5,
                desc=f"{data.task.name} {config.method}")
 
     def run_evaluation(epoch: float) -> bool:
-        nonlocal best, best_state, loss_sum, loss_n
+        nonlocal best, best_state, loss_sum, loss_n, eval_time
+        tick = time.perf_counter()
         metrics = evaluate(model, data, batch_size=config.eval_batch_size, pad_id=pad_id,
                            device=dev, precision=precision)
         main = metrics[data.selection_split][data.task.main_metric]
@@ -311,6 +314,7 @@ def train(
             best = evaluation
             best_state = {n: p.detach().clone() for n, p in trained.items()}
         bar.set_postfix({data.task.main_metric: f"{main:.4f}"})
+        eval_time += time.perf_counter() - tick
         return bool(callback(evaluation)) if callback is not None else False
 
     model.train()
@@ -364,8 +368,10 @@ def train(
     with torch.no_grad():
         for n, tensor in best_state.items():
             trained[n].copy_(tensor)
+    tick = time.perf_counter()
     train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
                                    precision=precision) if best else {}
+    eval_time += time.perf_counter() - tick
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainResult(
@@ -376,7 +382,8 @@ def train(
         trainable_params=trainable_params, total_params=total_params,
         wall_time_s=time.perf_counter() - started, train_time_s=train_time,
         examples_per_second=seen / train_time if train_time else 0.0,
-        peak_memory_mb=peak_memory_mb(dev), message=message, extra={"model": model},
+        peak_memory_mb=peak_memory_mb(dev), eval_time_s=eval_time, message=message,
+        extra={"model": model},
     )
 
 
