@@ -151,3 +151,36 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
             flat[tensors[f"{name}:indices"]] = tensors[f"{name}:values"]
     return model
 
+
+
+class Predictor:
+    """A fine-tuned classifier rebuilt from an artifact, callable on raw text.
+
+    ``Predictor(path)(["a sentence", ...])`` gives label names (or floats for regression); for a
+    two-text task pass ``(first, second)`` pairs.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, base: BaseModel | None = None) -> None:
+        from bitfit.models import BUNDLED, load_base
+
+        manifest, _ = load_artifact(path)
+        model_id = manifest["base_model"]
+        self.base = base or load_base(None if model_id == BUNDLED else model_id,
+                                      pooling=manifest["pooling"])
+        self.model = apply_artifact(self.base, path)
+        self.manifest = manifest
+        self.max_length = int(manifest.get("data", {}).get("max_length", 128))
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str] | list[tuple[str, str]]) -> list[str] | list[float]:
+        pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
+        columns = list(zip(*pairs, strict=True))
+        batch = self.base.tokenizer(*[list(c) for c in columns], truncation=True,
+                                    max_length=self.max_length, padding=True,
+                                    return_tensors="pt")
+        device = next(self.model.parameters()).device
+        logits = self.model(**{k: v.to(device) for k, v in batch.items()}).cpu()
+        task = self.manifest["task"]
+        if task["regression"]:
+            return logits[:, 0].tolist()
+        return [task["label_names"][i] for i in logits.argmax(-1).tolist()]

@@ -138,6 +138,7 @@ def run_study(
         run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values)
                   if tracker is not None else None)
         trial.set_user_attr("method", config.method)
+        trial.set_user_attr("config", dataclasses.asdict(config))
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
         seen = 0

@@ -138,6 +138,54 @@ class Tracker:
             self.client.log_artifacts(parent_id, tmp)
         self.client.set_terminated(parent_id, status="FINISHED")
 
+    def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
+        """A parent run for a final evaluation."""
+        run = self.client.create_run(experiment_id, run_name=f"evaluation {name}",
+                                     tags={"bitfit.evaluation": name,
+                                           "bitfit.kind": "evaluation"})
+        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v))
+                                                       for k, v in params.items()])
+        return run.info.run_id
+
+    def seed_run(self, experiment_id: str, parent_id: str, label: str, seed: int,
+                 config: TrainConfig) -> str:
+        """A child run for one (method, seed) of a final evaluation."""
+        run = self.client.create_run(
+            experiment_id, run_name=f"{label} seed {seed}",
+            tags={"mlflow.parentRunId": parent_id, "method": label, "seed": str(seed)})
+        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v)) for k, v in
+                                                       asdict(config).items()])
+        return run.info.run_id
+
+    def end_seed_run(self, run_id: str, result: TrainResult, seed_run: Any,
+                     artifact_dir: str | None) -> None:
+        """Per-epoch dev metrics, the final ones, costs, and the artifact of a seed run."""
+        now = 0
+        for evaluation in result.evaluations:
+            self.log_evaluation(run_id, evaluation, now)
+        final = {**{f"dev_{k}": v for k, v in seed_run.metrics.items()},
+                 **{f"train_{k}": v for k, v in seed_run.train_metrics.items()},
+                 "trainable_params": seed_run.trainable_params,
+                 "trainable_fraction": seed_run.trainable_fraction,
+                 "artifact_bytes": seed_run.artifact_bytes,
+                 "time_per_epoch_s": seed_run.time_per_epoch_s,
+                 "peak_memory_mb": seed_run.peak_memory_mb}
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0)
+                                               for k, v in final.items()])
+        if artifact_dir is not None:
+            self.client.log_artifacts(run_id, artifact_dir, artifact_path="bias_artifact")
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def end_evaluation(self, parent_id: str, folder: Path, metrics: dict[str, float]) -> None:
+        """The comparison table (Markdown, Parquet), plots and test on the parent run."""
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
+                                                  for k, v in metrics.items()
+                                                  if v == v])  # NaN: no test possible
+        for name in ("report.md", "comparison.parquet", "runs.json", "dev_per_seed.png",
+                     "learning_curves.png"):
+            self.client.log_artifact(parent_id, str(folder / name))
+        self.client.set_terminated(parent_id, status="FINISHED")
+
     def child_runs(self, experiment_id: str, parent_id: str) -> list:
         return self.client.search_runs(
             [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",

@@ -47,6 +47,7 @@ class TrainConfig:
     precision: str = "auto"
     group_by_length: bool = True
     train_eval_samples: int = 2000
+    select_best: bool = True  # False: keep the last evaluation (final runs never select on dev)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -165,11 +166,28 @@ def resolve_device(device: str = "auto") -> torch.device:
                         "cpu" if device == "auto" else device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or Linux's peak RSS (``clear_refs``)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's since it started
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: CUDA's allocator peak on a GPU, the process's peak RSS on a CPU."""
+    """Peak memory since ``reset_peak_memory``: CUDA's allocator peak on a GPU, the peak RSS
+    (resident set, model included) on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- what is trained
@@ -259,6 +277,7 @@ def train(
     started = time.perf_counter()
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
+    reset_peak_memory(dev)
     names, mask = trainable_tensors(base, config)
     torch.manual_seed(config.seed)
     model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
@@ -310,7 +329,7 @@ def train(
         evaluation = Evaluation(step, epoch, metrics, loss_sum / max(loss_n, 1), main)
         loss_sum, loss_n = 0.0, 0
         evaluations.append(evaluation)
-        if best is None or main > best.main:
+        if best is None or main > best.main or not config.select_best:
             best = evaluation
             best_state = {n: p.detach().clone() for n, p in trained.items()}
         bar.set_postfix({data.task.main_metric: f"{main:.4f}"})

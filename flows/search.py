@@ -1,10 +1,13 @@
-"""The main flow: prepare the data, run the Optuna study, record every trial in MLflow.
+"""The whole pipeline: prepare -> BitFit study -> full fine-tuning baseline study -> final
+multi-seed evaluation of both on GLUE dev -> comparison report, every run in MLflow.
 
     python flows/search.py --task cola --data-dir ../shared/data/glue
+    python flows/search.py --task cola --data-dir ../shared/data/glue --quick   # ~5 minutes
 
-By default the study selects on a validation split carved from train (10%, seeded, stratified),
+By default the studies select on a validation split carved from train (10%, seeded, stratified),
 keeping GLUE dev for the final evaluation; ``--select-on dev`` follows the paper's protocol. It
-prints the best trial and the ``mlflow ui`` command that shows it (``--json``: one JSON object).
+prints the best trials, the comparison table and the ``mlflow ui`` command that shows it all
+(``--json``: one JSON object).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, howev
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from evaluate import print_report, run_evaluation  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
+
+QUICK = {"space": "quick", "baseline_space": "full_ft_quick", "seeds": 5}
 
 
 @task(cache_policy=NO_CACHE)
@@ -59,8 +65,14 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
            tracking_uri: str | None = None, study_name: str | None = None,
            max_train_samples: int | None = None, select_on: str = "heldout",
-           home: str = "runs") -> dict:
-    """Prepare -> BitFit study (every trial in MLflow) -> summary of the best trial."""
+           home: str = "runs", baseline: bool = True, baseline_space: str = "full_ft",
+           baseline_study: str | None = None, seeds: int = 5,
+           extra_methods: tuple[str, ...] = ()) -> dict:
+    """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
+
+    ``baseline=False`` skips full fine-tuning; ``baseline_study`` reuses an existing study (in
+    the same storage) instead of running one; ``seeds=0`` stops after the studies.
+    """
     from bitfit.space import load_space
     from bitfit.study import default_storage
     from bitfit.tracking import default_tracking_uri
@@ -75,26 +87,59 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
         [task, parsed.name] + ([f"n{samples}"] if samples else []) +
         (["dev"] if select_on == "dev" else []))
     base = load_model(model)
+    fraction = 0.1 if select_on == "heldout" else None
     data = prepare_data(base, task, data_dir=data_dir, max_length=parsed.max_length,
-                        max_train_samples=samples,
-                        validation_fraction=0.1 if select_on == "heldout" else None, home=home)
-    return run_search(base, data, space=space, n_trials=n_trials, storage=storage,
-                      tracking_uri=tracking_uri, study_name=study_name, home=home,
-                      run_params={"model": base.model_id, "pooling": base.pooling,
-                                  "max_train_samples": samples, "data_source": data.source,
-                                  "train_examples": len(data.train)})
+                        max_train_samples=samples, validation_fraction=fraction, home=home)
+    run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
+    summary = run_search(base, data, space=space, n_trials=n_trials, storage=storage,
+                         tracking_uri=tracking_uri, study_name=study_name, home=home,
+                         run_params={**run_params, "max_train_samples": samples,
+                                     "train_examples": len(data.train)})
+    full_study = None
+    if baseline and baseline_study:
+        full_study = baseline_study
+    elif baseline:
+        full_space = load_space(baseline_space)
+        full_samples = max_train_samples or full_space.max_train_samples
+        full_study = f"{study_name}-{full_space.name}"
+        full_data = data if full_samples == samples else prepare_data(
+            base, task, data_dir=data_dir, max_length=full_space.max_length,
+            max_train_samples=full_samples, validation_fraction=fraction, home=home)
+        summary["baseline"] = run_search(
+            base, full_data, space=baseline_space, n_trials=None, storage=storage,
+            tracking_uri=tracking_uri, study_name=full_study, home=home,
+            run_params={**run_params, "max_train_samples": full_samples,
+                        "train_examples": len(full_data.train)})
+    if seeds > 0 and summary["best_value"] is not None:
+        final_data = prepare_data(base, task, data_dir=data_dir, max_length=parsed.max_length,
+                                  max_train_samples=max_train_samples,
+                                  validation_fraction=None, home=home)
+        summary["evaluation"] = run_evaluation(
+            base, final_data, storage=storage, bitfit_study=study_name, full_study=full_study,
+            seeds=seeds, extra_methods=tuple(extra_methods), tracking_uri=tracking_uri,
+            home=home, name=f"{study_name}-vs-{full_study or 'none'}-s{seeds}")
+    return summary
 
 
 def _print(summary: dict) -> None:
-    if summary["best_value"] is None:
-        print(f"study {summary['study_name']}: no trial completed yet")
-    else:
-        params = ", ".join(f"{k}={v}" for k, v in summary["best_params"].items())
-        print(f"study {summary['study_name']}: best {summary['metric']} on "
-              f"{summary['selection_split']} {summary['best_value']:.4f} "
-              f"(trial {summary['best_trial']}: {params}); {summary['trials']} trials in "
-              f"{summary['storage']}")
-    print(f"MLflow parent run {summary['mlflow_parent_run_id']} in {summary['tracking_uri']}")
+    for study in (summary, summary.get("baseline")):
+        if study is None:
+            continue
+        if study["best_value"] is None:
+            print(f"study {study['study_name']}: no trial completed yet")
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in study["best_params"].items())
+        print(f"study {study['study_name']}: best {study['metric']} on "
+              f"{study['selection_split']} {study['best_value']:.4f} "
+              f"(trial {study['best_trial']}: {params}); {study['trials']} trials in "
+              f"{study['storage']}")
+    if "evaluation" in summary:
+        print()
+        print_report(summary["evaluation"])
+        print()
+    print(f"MLflow: search run {summary['mlflow_parent_run_id']}"
+          + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
+             if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
     print(f"see it: {summary['mlflow_ui']}")
 
 
@@ -117,8 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--select-on", default="heldout", choices=("heldout", "dev"))
     parser.add_argument("--home", default=os.environ.get("BITFIT_HOME", "runs"))
+    parser.add_argument("--no-baseline", action="store_true", help="skip full fine-tuning")
+    parser.add_argument("--baseline-space", default="full_ft", help="the baseline's space")
+    parser.add_argument("--baseline-study", default=None, help="reuse this full fine-tuning "
+                        "study (same storage) instead of running one")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per method in the final "
+                        "evaluation (0: stop after the studies)")
+    parser.add_argument("--extra-methods", nargs="*", default=[], choices=("frozen", "rand"),
+                        help="also evaluate head-only and the random baseline")
+    parser.add_argument("--quick", action="store_true", help="the quick preset: spaces quick "
+                        "and full_ft_quick (searches on 2,000 examples, one epoch), 5 seeds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.space, args.baseline_space, args.seeds = (QUICK["space"], QUICK["baseline_space"],
+                                                       QUICK["seeds"])
     for name in ("prefect", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
@@ -126,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                          space=args.space, n_trials=args.n_trials, storage=args.storage,
                          tracking_uri=args.tracking_uri, study_name=args.study_name,
                          max_train_samples=args.max_train_samples, select_on=args.select_on,
-                         home=args.home)
+                         home=args.home, baseline=not args.no_baseline,
+                         baseline_space=args.baseline_space, baseline_study=args.baseline_study,
+                         seeds=args.seeds, extra_methods=tuple(args.extra_methods))
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

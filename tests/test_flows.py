@@ -10,13 +10,13 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT
 
 
-def test_search_flow_runs_the_study_and_prints_one_json_summary(glue_dir, tmp_path):
+def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run(
         [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
          str(glue_dir), "--space", "quick", "--n-trials", "2", "--max-train-samples", "200",
-         "--home", str(tmp_path), "--json",
+         "--home", str(tmp_path), "--json", "--baseline-space", "full_ft_quick", "--seeds", "2",
          "--storage", f"sqlite:///{tmp_path}/optuna.db"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
@@ -32,3 +32,14 @@ def test_search_flow_runs_the_study_and_prints_one_json_summary(glue_dir, tmp_pa
         [summary["experiment_id"]],
         filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
     assert len(children) == 2
+    assert summary["baseline"]["study_name"] == "cola-quick-n200-full_ft_quick"
+    assert summary["baseline"]["trials"] == 2
+    evaluation = summary["evaluation"]
+    assert "| bitfit | 2 |" in evaluation["table"] and "| full | 2 |" in evaluation["table"]
+    seeds = client.search_runs(
+        [summary["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{evaluation['evaluation_run_id']}'")
+    logged = {f"{r.data.tags['method']}-seed{r.data.tags['seed']}": r.data.metrics["dev_mcc"]
+              for r in seeds}
+    assert logged == {k: v["mcc"] for k, v in evaluation["runs"].items()}
+    assert len(logged) == 4

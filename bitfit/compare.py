@@ -1,0 +1,163 @@
+"""The final evaluation: each study's best configuration trained with several seeds and compared.
+
+The best configuration of a study is read from its storage (each trial keeps its resolved
+config). Every (method, seed) trains on the whole training split and is scored on GLUE dev after
+its last epoch: nothing is selected on dev. The comparison (``bitfit.report``) is written under the
+run home and, with a tracker, to MLflow: a parent run per evaluation, a child per method and seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from bitfit.artifacts import TENSORS, save_artifact
+from bitfit.data import TaskData
+from bitfit.models import BaseModel
+from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise, welch
+from bitfit.train import TrainConfig, train
+
+
+def best_config(storage: str, study_name: str) -> TrainConfig:
+    """The resolved training config of a study's best trial.
+
+    Raises:
+        ValueError: no such study, or no completed trial in it.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no study named {study_name!r} in the storage: run the search first "
+                         f"or name an existing study") from None
+    done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    if not done:
+        raise ValueError(f"study {study_name!r} has no completed trial to evaluate")
+    return TrainConfig(**study.best_trial.user_attrs["config"])
+
+
+@dataclass
+class Comparison:
+    runs: list[SeedRun]
+    markdown: str
+    p_value: float
+    t_statistic: float
+    folder: Path
+    parent_run_id: str | None
+    best_artifact: str | None
+    pairs: bool = False  # the task reads two texts
+
+    def recipe(self) -> str:
+        """How to use the best BitFit run's artifact on new sentences."""
+        if not self.best_artifact:
+            return ""
+        examples = ('[("A man is playing a guitar.", "A man plays music."), '
+                    '("A man is playing a guitar.", "A woman is cooking.")]' if self.pairs else
+                    '["The cat sat on the mat.", "Mat the on sat cat."]')
+        return ("from bitfit.artifacts import Predictor\n"
+                f"predict = Predictor({self.best_artifact!r})\n"
+                f"print(predict({examples}))")
+
+
+def compare(
+    base: BaseModel,
+    data: TaskData,
+    configs: dict[str, TrainConfig],
+    *,
+    seeds: int,
+    home: str | os.PathLike[str],
+    name: str,
+    tracker=None,
+    experiment: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> Comparison:
+    """Train each method's config with seeds 0..seeds-1 and compare them on dev.
+
+    Args:
+        base: the loaded base model.
+        data: the whole training split and the dev split(s) (no carved split).
+        configs: a config per method label, e.g. ``{"bitfit": ..., "full": ...}``.
+        seeds: how many seeds per method.
+        home: the run home; results go to ``<home>/evaluations/<name>``.
+        name: the evaluation's name.
+        tracker: a ``tracking.Tracker`` or None.
+        experiment: MLflow experiment (default: the task's name).
+        device: training device.
+        log: where progress lines go.
+    """
+    task = data.task
+    split = data.selection_split
+    folder = Path(home) / "evaluations" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    experiment_id = parent_id = None
+    if tracker is not None:
+        experiment_id = tracker.experiment(experiment or task.name)
+        parent_id = tracker.evaluation_run(experiment_id, name, {
+            "seeds": seeds, "task": task.name, "eval_split": split,
+            "train_examples": len(data.train),
+            **{f"{label}.{k}": v for label, c in configs.items()
+               for k, v in dataclasses.asdict(c).items()}})
+    runs: list[SeedRun] = []
+    total = len(configs) * seeds
+    for label, config in configs.items():
+        for seed in range(seeds):
+            run_config = dataclasses.replace(config, seed=seed, select_best=False)
+            run_id = (tracker.seed_run(experiment_id, parent_id, label, seed, run_config)
+                      if tracker is not None else None)
+            result = train(base, data, run_config, device=device, progress=False)
+            if result.status != "completed":
+                raise RuntimeError(f"{label} seed {seed} {result.status}: {result.message}")
+            out = folder / f"{label}-seed{seed}"
+            artifact_bytes = 4 * result.trainable_params
+            artifact = ""
+            if config.method != "full":  # a full model is a checkpoint, not an artifact
+                save_artifact(result, base, task, out)
+                artifact_bytes = (out / TENSORS).stat().st_size
+                artifact = str(out)
+            epochs = max(1, len(result.evaluations))
+            seed_run = SeedRun(
+                method=label, seed=seed, metrics=result.metrics[split],
+                train_metrics=result.train_metrics,
+                curve=[e.metrics[split][task.main_metric] for e in result.evaluations],
+                trainable_params=result.trainable_params,
+                trainable_fraction=result.trainable_fraction, artifact_bytes=artifact_bytes,
+                checkpoint_bytes=4 * result.total_params,
+                time_per_epoch_s=result.train_time_s / epochs,
+                peak_memory_mb=result.peak_memory_mb, run_id=run_id or "", artifact=artifact)
+            runs.append(seed_run)
+            if tracker is not None and run_id is not None:
+                tracker.end_seed_run(run_id, result, seed_run, artifact or None)
+            log(f"final {len(runs)} of {total}: {label} seed {seed}: dev "
+                f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
+
+    table = summarise(runs, task.metrics)
+    main = task.main_metric
+    scores = {label: [r.metrics[main] for r in runs if r.method == label] for label in configs}
+    t_stat, p_value = welch(scores.get("bitfit", []), scores.get("full", []))
+    text = markdown(table, task.metrics)
+    test = (f"Welch's t-test, bitfit vs full on dev {main}: t = {t_stat:.3f}, p = {p_value:.4f}"
+            if "bitfit" in scores and "full" in scores else "")
+    bitfit_runs = [r for r in runs if r.artifact and r.method == "bitfit"]
+    best = max(bitfit_runs, key=lambda r: r.metrics[main]).artifact if bitfit_runs else None
+    comparison = Comparison(runs, text, p_value, t_stat, folder, parent_id, best,
+                            pairs=len(task.text_columns) == 2)
+    report = f"# {task.name}: final evaluation on {split}\n\n{text}\n\n{test}\n"
+    if best:
+        report += (f"\nBest BitFit seed's artifact: `{best}`\n\n"
+                   f"```python\n{comparison.recipe()}\n```\n")
+    (folder / "report.md").write_text(report)
+    table.to_parquet(folder / "comparison.parquet")
+    (folder / "runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs], indent=1))
+    plot_seeds(runs, main, folder / "dev_per_seed.png")
+    plot_curves(runs, main, folder / "learning_curves.png")
+    if tracker is not None and parent_id is not None:
+        tracker.end_evaluation(parent_id, folder, {"p_value": p_value, "t_statistic": t_stat,
+                                                   "finished_at": time.time()})
+    return comparison
