@@ -2,7 +2,7 @@
 multi-seed evaluation of both on GLUE dev -> comparison report, every run in MLflow.
 
     python flows/search.py --task cola --data-dir ../shared/data/glue
-    python flows/search.py --task cola --data-dir ../shared/data/glue --quick   # ~5 minutes
+    python flows/search.py --task cola --data-dir ../shared/data/glue --quick   # about 5 minutes
 
 By default the studies select on a validation split carved from train (10%, seeded, stratified),
 keeping GLUE dev for the final evaluation; ``--select-on dev`` follows the paper's protocol. It
