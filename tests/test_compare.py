@@ -64,3 +64,18 @@ def test_best_config_is_read_back_from_the_study(base, cola_small, tmp_path):
     assert dataclasses.asdict(config)["epochs"] == 1
     with pytest.raises(ValueError, match="no study named 'nope'"):
         best_config(storage, "nope")
+
+
+def test_rand_and_frozen_baselines_take_the_bitfit_config(base, cola_small, tmp_path):
+    bitfit = TrainConfig(subset="qm2", epochs=1)
+    configs = {"bitfit": bitfit, "rand": dataclasses.replace(bitfit, method="rand"),
+               "frozen": dataclasses.replace(bitfit, method="frozen")}
+
+    comparison = compare(base, cola_small, configs, seeds=1, home=tmp_path, name="x",
+                         log=lambda line: None)
+
+    params = {r.method: r.trainable_params for r in comparison.runs}
+    head = 384 * 2 + 2
+    assert params == {"bitfit": 6 * (384 + 1536) + head, "rand": 6 * (384 + 1536) + head,
+                      "frozen": head}
+    assert "| rand | 1 |" in comparison.markdown and "| frozen | 1 |" in comparison.markdown
