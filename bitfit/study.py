@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,12 @@ class TrialFailed(RuntimeError):
     """A trial that ran but produced no usable value (its loss diverged)."""
 
 
+STORAGE_ENV = "BITFIT_OPTUNA_STORAGE"
+
+
 def default_storage(home: str | os.PathLike[str]) -> str:
-    return f"sqlite:///{Path(home).resolve()}/optuna.db"
+    """``$BITFIT_OPTUNA_STORAGE``, else a SQLite file in the run home."""
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{Path(home).resolve()}/optuna.db"
 
 
 def open_study(space: SearchSpace, *, storage: str, study_name: str) -> optuna.Study:
@@ -44,9 +49,7 @@ def open_study(space: SearchSpace, *, storage: str, study_name: str) -> optuna.S
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         backend: str | optuna.storages.BaseStorage = storage
     else:  # a server: a worker that dies leaves a RUNNING trial, failed after the grace period
-        backend = optuna.storages.RDBStorage(
-            storage, heartbeat_interval=30, grace_period=120,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        backend = _rdb_storage(storage)
     try:
         resumed = len(optuna.load_study(study_name=study_name, storage=backend).trials)
     except KeyError:  # a new study
@@ -56,6 +59,26 @@ def open_study(space: SearchSpace, *, storage: str, study_name: str) -> optuna.S
                                pruner=space.make_pruner(),
                                direction=space.direction,  # type: ignore[arg-type]
                                load_if_exists=True)
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=30, grace_period=120,
+                    heartbeat_stale_trial_callback=(
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)))
+        except SQLAlchemyError:
+            # Workers starting together on a new database race to create Optuna's tables;
+            # the loser finds them created when it tries again.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -133,6 +156,9 @@ def run_study(
         study.set_user_attr("mlflow_parent_run_id", parent_id)
 
     def objective(trial: optuna.Trial) -> float:
+        if trial.number >= budget:  # another worker took the last place first
+            trial.set_user_attr("fail_reason", f"over the study's budget of {budget}: not run")
+            raise TrialFailed(f"over the study's budget of {budget}")
         values = {name: _suggest(trial, name, d) for name, d in space.distributions.items()}
         config = space.config_for(values)
         run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values)
@@ -183,12 +209,11 @@ def run_study(
         log(f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value} "
             f"({_params_text(trial.params)}){best}")
 
-    remaining = budget - len(study.get_trials(deepcopy=False, states=FINISHED))
     before = len(study.trials)
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED),
-                                  report])
+    # One trial at a time, counting the other workers' running trials too, so that workers
+    # sharing a study stop together at its budget (a trial numbered past it is not run).
+    while len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) < budget:
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
     if tracker is not None:
         tracker.end_study(parent_id, study)
     return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)

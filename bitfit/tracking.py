@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bitfit.train import Evaluation, TrainConfig, TrainResult
@@ -62,21 +63,35 @@ class Tracker:
         if found is not None:
             return found.experiment_id
         location = None if self.tracking_uri.startswith("http") else self._artifacts
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another worker created it first
+            again = self.client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            return again.experiment_id
 
     def study_run(self, experiment_id: str, study_name: str, params: dict[str, Any]) -> str:
-        """The parent run of a study: the existing one when the study resumes, else a new one."""
-        found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study_name}'",
-            max_results=1)
+        """The parent run of a study: the existing one when the study resumes, else a new one.
+
+        Workers that start together may each create one; they then all keep the earliest and
+        delete their own, so every worker's children end up under one parent.
+        """
+        query = f"tags.`{STUDY_TAG}` = '{study_name}'"
+        found = self.client.search_runs([experiment_id], filter_string=query, max_results=1,
+                                        order_by=["attributes.start_time ASC"])
         if found:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         run = self.client.create_run(experiment_id, run_name=f"search {study_name}",
                                      tags={STUDY_TAG: study_name, "bitfit.kind": "search"})
-        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v))
-                                                       for k, v in params.items()])
-        return run.info.run_id
+        mine = run.info.run_id
+        self.client.log_batch(mine, params=[Param(k, _short(v)) for k, v in params.items()])
+        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=100)
+        first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if first != mine:
+            self.client.delete_run(mine)
+        return first
 
     def trial_run(self, experiment_id: str, parent_id: str, number: int,
                   config: TrainConfig, values: dict[str, Any]) -> str:

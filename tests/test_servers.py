@@ -1,0 +1,80 @@
+"""Integration: the flows against real servers started natively (infra/stack.py): Optuna on
+PostgreSQL, an MLflow tracking server and a Prefect server, all on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "infra"))
+from stack import PG_BIN, Stack  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not (PG_BIN / "initdb").exists(),
+                                reason="PostgreSQL server binaries are not installed")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with Stack() as running:
+        yield running
+
+
+def _search(stack, glue_dir, home, *args):
+    env = {**os.environ, **stack.env(), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
+         str(glue_dir), "--space", "quick", "--max-train-samples", "200", "--no-baseline",
+         "--seeds", "0", "--home", str(home), "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=home)
+
+
+def _children(stack, summary):
+    client = MlflowClient(tracking_uri=stack.mlflow_uri)
+    return client.search_runs(
+        [summary["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
+
+
+def test_a_search_runs_on_the_prefect_server_with_postgres_and_mlflow_server(stack, glue_dir,
+                                                                             tmp_path):
+    process = _search(stack, glue_dir, tmp_path, "--n-trials", "2", "--study-name", "one")
+    out, err = process.communicate(timeout=600)
+
+    assert process.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["storage"] == stack.optuna_storage and summary["trials"] == 2
+    assert summary["tracking_uri"] == stack.mlflow_uri
+    assert len(_children(stack, summary)) == 2
+    request = urllib.request.Request(f"{stack.prefect_api}/flow_runs/filter", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        runs = json.load(response)
+    assert any(r["state_type"] == "COMPLETED" for r in runs)
+
+
+def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials(
+        stack, glue_dir, tmp_path):
+    workers = [_search(stack, glue_dir, tmp_path / str(i), "--n-trials", "4", "--study-name",
+                       "shared") for i in range(2) if (tmp_path / str(i)).mkdir() is None]
+    results = [w.communicate(timeout=600) for w in workers]
+
+    assert all(w.returncode == 0 for w in workers), [err[-6000:] for _, err in results]
+    study = optuna.load_study(study_name="shared", storage=stack.optuna_storage)
+    complete = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(complete) == [0, 1, 2, 3]
+    # a worker that lost the race for the last place records that trial as not run
+    assert all("over the study's budget" in t.user_attrs["fail_reason"]
+               for t in study.trials if t.number >= 4)
+    summaries = [json.loads(out) for out, _ in results]
+    assert summaries[0]["mlflow_parent_run_id"] == summaries[1]["mlflow_parent_run_id"]
+    children = _children(stack, summaries[0])
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
