@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import secrets
 import tempfile
 import time
 import warnings
@@ -54,6 +55,10 @@ def open_study(space: SearchSpace, *, storage: str, study_name: str) -> optuna.S
         resumed = len(optuna.load_study(study_name=study_name, storage=backend).trials)
     except KeyError:  # a new study
         resumed = 0
+    if not storage.startswith("sqlite:"):
+        # Workers sharing a server study open it together with the same trial count: a random
+        # part keeps their samplers from drawing the same values (at the cost of repeatability).
+        resumed += secrets.randbelow(2**20)
     return optuna.create_study(study_name=study_name, storage=backend,
                                sampler=space.make_sampler(resumed_trials=resumed),
                                pruner=space.make_pruner(),

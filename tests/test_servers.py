@@ -71,6 +71,8 @@ def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials
     study = optuna.load_study(study_name="shared", storage=stack.optuna_storage)
     complete = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(complete) == [0, 1, 2, 3]
+    params = [tuple(t.params.items()) for t in study.trials if t.number < 4]
+    assert len(set(params)) == 4  # the two workers' samplers drew different values
     # a worker that lost the race for the last place records that trial as not run
     assert all("over the study's budget" in t.user_attrs["fail_reason"]
                for t in study.trials if t.number >= 4)
