@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ class SeedRun:
     peak_memory_mb: float
     run_id: str = ""
     artifact: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:

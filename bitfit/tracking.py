@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -175,7 +176,7 @@ class Tracker:
     def end_seed_run(self, run_id: str, result: TrainResult, seed_run: Any,
                      artifact_dir: str | None) -> None:
         """Per-epoch dev metrics, the final ones, costs, and the artifact of a seed run."""
-        now = 0
+        now = int(time.time() * 1000)
         for evaluation in result.evaluations:
             self.log_evaluation(run_id, evaluation, now)
         final = {**{f"dev_{k}": v for k, v in seed_run.metrics.items()},

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, howev
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from bitfit.cli import home_dir  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
 
 EXTRA_METHODS = ("frozen", "rand")
@@ -98,7 +100,7 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--home", default=os.environ.get("BITFIT_HOME", "runs"))
+    parser.add_argument("--home", default=str(home_dir()))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = evaluate(task=args.task, bitfit_study=args.bitfit_study, full_study=args.full_study,

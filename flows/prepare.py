@@ -20,6 +20,8 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdou
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from bitfit.cli import home_dir  # noqa: E402
+
 
 @task(cache_policy=NO_CACHE)
 def load_model(model: str | None, pooling: str = "auto"):
@@ -66,7 +68,7 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-train-samples", type=int, default=None)
-    parser.add_argument("--home", default=os.environ.get("BITFIT_HOME", "runs"))
+    parser.add_argument("--home", default=str(home_dir()))
     args = parser.parse_args()
     print(json.dumps(prepare(task=args.task, model=args.model, data_dir=args.data_dir,
                              max_length=args.max_length,

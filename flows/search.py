@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, howev
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from bitfit.cli import home_dir  # noqa: E402
 from evaluate import print_report, run_evaluation  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
 
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-name", default=None, help="the same name resumes the study")
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--select-on", default="heldout", choices=("heldout", "dev"))
-    parser.add_argument("--home", default=os.environ.get("BITFIT_HOME", "runs"))
+    parser.add_argument("--home", default=str(home_dir()))
     parser.add_argument("--no-baseline", action="store_true", help="skip full fine-tuning")
     parser.add_argument("--baseline-space", default="full_ft", help="the baseline's space")
     parser.add_argument("--baseline-study", default=None, help="reuse this full fine-tuning "

@@ -9,6 +9,7 @@ process group; the cluster's folder is removed. The integration tests use ``Stac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -162,10 +163,10 @@ class Stack:
                     os.killpg(process.pid, signal.SIGINT)  # PostgreSQL: fast shutdown
                     process.wait(timeout=20)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
-                    with _suppress():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(process.pid, signal.SIGKILL)
                     process.wait(timeout=10)
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # leftovers in the group (workers)
         self.processes.clear()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -175,14 +176,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        return kind is not None and issubclass(kind, ProcessLookupError | PermissionError)
 
 
 if __name__ == "__main__":
