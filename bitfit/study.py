@@ -37,6 +37,22 @@ class TrialFailed(RuntimeError):
 
 
 STORAGE_ENV = "BITFIT_OPTUNA_STORAGE"
+GRACE_ENV = "BITFIT_HEARTBEAT_GRACE_S"
+OVER_BUDGET = "over the study's budget"
+
+
+def heartbeat_grace() -> int:
+    """Seconds without a heartbeat after which a server study's RUNNING trial is failed and
+    retried (its worker died or was stopped): ``$BITFIT_HEARTBEAT_GRACE_S``, default 120."""
+    raw = os.environ.get(GRACE_ENV, "120")
+    try:
+        grace = int(raw)
+    except ValueError:
+        grace = 0
+    if grace < 2:
+        raise ValueError(f"{GRACE_ENV}={raw!r} is not a whole number of seconds >= 2: "
+                         f"unset it or give e.g. 120")
+    return grace
 
 
 def default_storage(home: str | os.PathLike[str]) -> str:
@@ -71,10 +87,11 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
 
     for attempt in range(attempts):
         try:
+            grace = heartbeat_grace()
             with warnings.catch_warnings():  # heartbeats are marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=30, grace_period=120,
+                    url, heartbeat_interval=max(1, min(30, grace // 4)), grace_period=grace,
                     heartbeat_stale_trial_callback=(
                         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)))
         except SQLAlchemyError:
@@ -161,9 +178,10 @@ def run_study(
         study.set_user_attr("mlflow_parent_run_id", parent_id)
 
     def objective(trial: optuna.Trial) -> float:
-        if trial.number >= budget:  # another worker took the last place first
-            trial.set_user_attr("fail_reason", f"over the study's budget of {budget}: not run")
-            raise TrialFailed(f"over the study's budget of {budget}")
+        if sum(n < trial.number for n in _counted(study)) >= budget:
+            # another worker took the last place first
+            trial.set_user_attr("fail_reason", f"{OVER_BUDGET} of {budget}: not run")
+            raise TrialFailed(f"{OVER_BUDGET} of {budget}")
         values = {name: _suggest(trial, name, d) for name, d in space.distributions.items()}
         config = space.config_for(values)
         run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values)
@@ -215,13 +233,51 @@ def run_study(
             f"({_params_text(trial.params)}){best}")
 
     before = len(study.trials)
+    closed: set[int] = set()
     # One trial at a time, counting the other workers' running trials too, so that workers
-    # sharing a study stop together at its budget (a trial numbered past it is not run).
-    while len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) < budget:
+    # sharing a study stop together at its budget (a trial past it is not run). A trial whose
+    # worker died is failed once its heartbeat is stale, and run again in its place.
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if tracker is not None:
+            _close_stale_runs(study, tracker, closed)
+        if len(_counted(study)) >= budget:
+            break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
     if tracker is not None:
         tracker.end_study(parent_id, study)
     return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)
+
+
+def _counted(study: optuna.Study) -> list[int]:
+    """Numbers of the trials that spend the budget: finished or running, less the trials that
+    were failed for a stale heartbeat and retried (the retry counts) and those not run."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return [t.number for t in trials
+            if t.state in (*FINISHED, TrialState.RUNNING)
+            and not (t.state == TrialState.FAIL and t.number in retried)
+            and not str(t.user_attrs.get("fail_reason", "")).startswith(OVER_BUDGET)]
+
+
+def _close_stale_runs(study: optuna.Study, tracker, closed: set[int]) -> None:
+    """A trial failed for a stale heartbeat left its MLflow run RUNNING: mark it FAILED."""
+    trials = study.get_trials(deepcopy=False)
+    retries = {t.system_attrs.get("failed_trial"): t.number for t in trials}
+    for trial in trials:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if (trial.state != TrialState.FAIL or not run_id or trial.number in closed
+                or "fail_reason" in trial.user_attrs):
+            continue
+        closed.add(trial.number)
+        if tracker.run_status(run_id) == "RUNNING":
+            again = retries.get(trial.number)
+            tracker.end_trial(run_id, "FAIL", reason=(
+                "its worker stopped mid-trial (no heartbeat for "
+                f"{heartbeat_grace()} s)" + (f"; run again as trial {again}"
+                                              if again is not None else "")))
 
 
 def _value(result: TrainResult, split: str, metric: str) -> float:

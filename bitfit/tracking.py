@@ -137,6 +137,9 @@ class Tracker:
             self.client.log_artifacts(run_id, str(artifact_dir), artifact_path="bias_artifact")
         self.client.set_terminated(run_id, status="FAILED" if state == "FAIL" else "FINISHED")
 
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
     def end_study(self, parent_id: str, study) -> None:
         """Best value and parameters, Optuna's plots and the trials table on the parent run."""
         import optuna
