@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import secrets
+import socket
 import tempfile
 import time
 import warnings
@@ -184,8 +185,10 @@ def run_study(
             raise TrialFailed(f"{OVER_BUDGET} of {budget}")
         values = {name: _suggest(trial, name, d) for name, d in space.distributions.items()}
         config = space.config_for(values)
-        run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values)
-                  if tracker is not None else None)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values,
+                                    worker=worker) if tracker is not None else None)
+        trial.set_user_attr("worker", worker)
         trial.set_user_attr("method", config.method)
         trial.set_user_attr("config", dataclasses.asdict(config))
         if run_id:

@@ -95,12 +95,12 @@ class Tracker:
         return first
 
     def trial_run(self, experiment_id: str, parent_id: str, number: int,
-                  config: TrainConfig, values: dict[str, Any]) -> str:
-        """A child run for a trial, with its resolved parameters."""
+                  config: TrainConfig, values: dict[str, Any], worker: str = "") -> str:
+        """A child run for a trial, with its resolved parameters (``worker``: host:pid)."""
         run = self.client.create_run(
             experiment_id, run_name=f"trial {number}",
             tags={"mlflow.parentRunId": parent_id, "trial_number": str(number),
-                  "method": config.method, "state": "RUNNING"})
+                  "method": config.method, "state": "RUNNING", "worker": worker})
         params = {**asdict(config), **{f"search.{k}": v for k, v in values.items()}}
         self.client.log_batch(run.info.run_id,
                               params=[Param(k, _short(v)) for k, v in params.items()])

@@ -33,6 +33,7 @@ from evaluate import print_report, run_evaluation  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
 
 QUICK = {"space": "quick", "baseline_space": "full_ft_quick", "seeds": 5}
+WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 
 
 @task(cache_policy=NO_CACHE)
@@ -43,24 +44,183 @@ def run_search(base, data, *, space: str, n_trials: int | None, storage: str,
 
     from bitfit.space import load_space
     from bitfit.study import run_study
-    from bitfit.tracking import Tracker, mask_url, ui_command
+    from bitfit.tracking import Tracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
                         home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
                         run_params=run_params, log=lambda line: print(line, file=sys.stderr))
-    best = outcome.best
+    return _summary(outcome.study, outcome.experiment_id, outcome.ran, data, storage=storage,
+                    tracking_uri=tracking_uri, home=home)
+
+
+def _summary(study, experiment_id: str | None, ran: int, data, *, storage: str,
+             tracking_uri: str, home: str) -> dict:
+    from optuna.trial import TrialState
+
+    from bitfit.tracking import mask_url, ui_command
+
+    best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
     return {
-        "study_name": study_name, "storage": mask_url(storage),
-        "tracking_uri": mask_url(tracking_uri), "experiment_id": outcome.experiment_id,
-        "mlflow_parent_run_id": outcome.parent_run_id, "trials_run": outcome.ran,
-        "trials": len(outcome.study.trials), "selection_split": data.selection_split,
+        "study_name": study.study_name, "storage": mask_url(storage),
+        "tracking_uri": mask_url(tracking_uri), "experiment_id": experiment_id,
+        "mlflow_parent_run_id": study.user_attrs.get("mlflow_parent_run_id"),
+        "trials_run": ran, "trials": len(study.trials), "selection_split": data.selection_split,
         "metric": data.task.main_metric,
         "best_value": None if best is None else best.value,
         "best_params": None if best is None else best.params,
         "best_trial": None if best is None else best.number,
         "mlflow_ui": ui_command(tracking_uri, home),
     }
+
+
+def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
+    """Several workers need stores that all of them reach, and a Prefect server to run on."""
+    from prefect.settings import get_current_settings
+
+    from bitfit.tracking import mask_url
+
+    if workers < 1:
+        raise ValueError(f"workers must be 1 or more, got {workers}")
+    if workers == 1:
+        return
+    if storage.startswith("sqlite:"):
+        raise ValueError(
+            f"--workers {workers} needs an Optuna storage that every worker can reach and write "
+            f"to at once, and {mask_url(storage)} is a SQLite file: use PostgreSQL "
+            "(--storage postgresql://USER@HOST/DB or $BITFIT_OPTUNA_STORAGE; "
+            "python infra/stack.py starts one), or run with --workers 1")
+    if not tracking_uri.startswith(("http://", "https://", "databricks")):
+        raise ValueError(
+            f"--workers {workers} needs an MLflow tracking server that every worker logs to, "
+            f"and {mask_url(tracking_uri)} is local to this machine: set --tracking-uri or "
+            "$MLFLOW_TRACKING_URI to http://HOST:PORT (python infra/stack.py starts one)")
+    if not get_current_settings().api.url:
+        raise ValueError(
+            f"--workers {workers} runs the workers on a Prefect work pool, and no Prefect server "
+            "is configured: set PREFECT_API_URL, deploy infra/prefect.yaml and start a worker "
+            "(README: Deployments)")
+
+
+def run_workers(workers: int, parameters: dict, *, deployment: str = WORKER_DEPLOYMENT,
+                poll_s: float = 2.0) -> None:
+    """Start ``workers`` runs of the study-worker deployment on its work pool; wait for all."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        runs = [run_deployment(deployment, parameters=parameters, timeout=0,
+                               flow_run_name=f"{parameters['study_name']}-worker-{i}")
+                for i in range(workers)]
+    except ObjectNotFound:
+        raise ValueError(
+            f"--workers {workers} runs the study through the deployment {deployment!r}, which "
+            "the Prefect server does not have: run `prefect deploy --all --prefect-file "
+            "infra/prefect.yaml` from the project root and start a worker on its pool "
+            "(README: Deployments)") from None
+    print(f"study {parameters['study_name']}: {workers} worker runs on the pool "
+          f"({', '.join(r.name for r in runs)})", file=sys.stderr)
+    pending = {r.id for r in runs}
+    failed = []
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(poll_s)
+            for run_id in list(pending):
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    pending.discard(run_id)
+                    if not run.state.is_completed():
+                        failed.append(f"{run.name} ended {run.state.name}")
+    if failed:
+        raise RuntimeError(
+            f"worker runs did not complete ({'; '.join(failed)}): their logs are on the Prefect "
+            "server; the study keeps every finished trial, and the same command resumes it")
+
+
+@task(cache_policy=NO_CACHE)
+def summarize_study(data, *, storage: str, tracking_uri: str, study_name: str, home: str,
+                    before: int) -> dict:
+    """The summary of a study that the workers ran, read back from the storage and MLflow."""
+    import optuna
+
+    from bitfit.tracking import Tracker
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    experiment_id = (Tracker(tracking_uri, home=home).client.get_run(parent).info.experiment_id
+                     if parent else None)
+    return _summary(study, experiment_id, len(study.trials) - before, data, storage=storage,
+                    tracking_uri=tracking_uri, home=home)
+
+
+def _trials(storage: str, study_name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:
+        return 0
+
+
+def _study_stage(base, data, *, workers: int, space: str, n_trials: int | None, storage: str,
+                 tracking_uri: str, study_name: str, home: str, run_params: dict,
+                 worker_params: dict) -> dict:
+    """Run one study here (one worker) or on the work pool (several)."""
+    if workers == 1:
+        return run_search(base, data, space=space, n_trials=n_trials, storage=storage,
+                          tracking_uri=tracking_uri, study_name=study_name, home=home,
+                          run_params=run_params)
+    before = _trials(storage, study_name)
+    run_workers(workers, {**worker_params, "space": space, "n_trials": n_trials,
+                          "storage": storage, "tracking_uri": tracking_uri,
+                          "study_name": study_name, "home": home})
+    return summarize_study(data, storage=storage, tracking_uri=tracking_uri,
+                           study_name=study_name, home=home, before=before)
+
+
+def _study_data(base, task: str, space, *, data_dir: str | None, max_train_samples: int | None,
+                select_on: str, home: str):
+    samples = max_train_samples or space.max_train_samples
+    fraction = 0.1 if select_on == "heldout" else None
+    return prepare_data(base, task, data_dir=data_dir, max_length=space.max_length,
+                        max_train_samples=samples, validation_fraction=fraction, home=home)
+
+
+@flow(name="bitfit-study")
+def study(task: str = "cola", model: str | None = None, data_dir: str | None = None,
+          space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
+          tracking_uri: str | None = None, study_name: str | None = None,
+          max_train_samples: int | None = None, select_on: str = "heldout",
+          home: str = "runs") -> dict:
+    """One worker of a study: load the model once, then run trials until the study's budget
+    is spent, together with every other worker on the same storage."""
+    from bitfit.space import load_space
+    from bitfit.study import default_storage
+    from bitfit.tracking import default_tracking_uri
+
+    parsed = load_space(space)
+    storage = storage or default_storage(home)
+    tracking_uri = tracking_uri or default_tracking_uri(home)
+    study_name = study_name or _study_name(task, parsed.name, max_train_samples
+                                           or parsed.max_train_samples, select_on)
+    base = load_model(model)
+    data = _study_data(base, task, parsed, data_dir=data_dir,
+                       max_train_samples=max_train_samples, select_on=select_on, home=home)
+    return run_search(base, data, space=space, n_trials=n_trials, storage=storage,
+                      tracking_uri=tracking_uri, study_name=study_name, home=home,
+                      run_params={"model": base.model_id, "pooling": base.pooling,
+                                  "data_source": data.source,
+                                  "max_train_samples": max_train_samples
+                                  or parsed.max_train_samples,
+                                  "train_examples": len(data.train)})
+
+
+def _study_name(task: str, space: str, samples: int | None, select_on: str) -> str:
+    return "-".join([task, space] + ([f"n{samples}"] if samples else []) +
+                    (["dev"] if select_on == "dev" else []))
 
 
 @flow(name="bitfit-search")
@@ -70,11 +230,13 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            max_train_samples: int | None = None, select_on: str = "heldout",
            home: str = "runs", baseline: bool = True, baseline_space: str = "full_ft",
            baseline_study: str | None = None, seeds: int = 5,
-           extra_methods: tuple[str, ...] = ()) -> dict:
+           extra_methods: tuple[str, ...] = (), workers: int = 1) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     ``baseline=False`` skips full fine-tuning; ``baseline_study`` reuses an existing study (in
-    the same storage) instead of running one; ``seeds=0`` stops after the studies.
+    the same storage) instead of running one; ``seeds=0`` stops after the studies. With
+    ``workers`` K > 1 each study runs as K runs of the ``bitfit-study/worker`` deployment on its
+    work pool, sharing the study on a server storage (PostgreSQL) and an MLflow server.
     """
     from bitfit.space import load_space
     from bitfit.study import default_storage
@@ -86,18 +248,19 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
     samples = max_train_samples or parsed.max_train_samples
     storage = storage or default_storage(home)
     tracking_uri = tracking_uri or default_tracking_uri(home)
-    study_name = study_name or "-".join(
-        [task, parsed.name] + ([f"n{samples}"] if samples else []) +
-        (["dev"] if select_on == "dev" else []))
+    check_workers(workers, storage, tracking_uri)
+    study_name = study_name or _study_name(task, parsed.name, samples, select_on)
     base = load_model(model)
-    fraction = 0.1 if select_on == "heldout" else None
-    data = prepare_data(base, task, data_dir=data_dir, max_length=parsed.max_length,
-                        max_train_samples=samples, validation_fraction=fraction, home=home)
+    data = _study_data(base, task, parsed, data_dir=data_dir,
+                       max_train_samples=max_train_samples, select_on=select_on, home=home)
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
-    summary = run_search(base, data, space=space, n_trials=n_trials, storage=storage,
-                         tracking_uri=tracking_uri, study_name=study_name, home=home,
-                         run_params={**run_params, "max_train_samples": samples,
-                                     "train_examples": len(data.train)})
+    worker_params = {"task": task, "model": model, "data_dir": data_dir,
+                     "max_train_samples": max_train_samples, "select_on": select_on}
+    summary = _study_stage(base, data, workers=workers, space=space, n_trials=n_trials,
+                           storage=storage, tracking_uri=tracking_uri, study_name=study_name,
+                           home=home, worker_params=worker_params,
+                           run_params={**run_params, "max_train_samples": samples,
+                                       "train_examples": len(data.train)})
     full_study = None
     if baseline and baseline_study:
         full_study = baseline_study
@@ -105,12 +268,13 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
         full_space = load_space(baseline_space)
         full_samples = max_train_samples or full_space.max_train_samples
         full_study = f"{study_name}-{full_space.name}"
-        full_data = data if full_samples == samples else prepare_data(
-            base, task, data_dir=data_dir, max_length=full_space.max_length,
-            max_train_samples=full_samples, validation_fraction=fraction, home=home)
-        summary["baseline"] = run_search(
-            base, full_data, space=baseline_space, n_trials=None, storage=storage,
-            tracking_uri=tracking_uri, study_name=full_study, home=home,
+        full_data = data if full_samples == samples else _study_data(
+            base, task, full_space, data_dir=data_dir, max_train_samples=max_train_samples,
+            select_on=select_on, home=home)
+        summary["baseline"] = _study_stage(
+            base, full_data, workers=workers, space=baseline_space, n_trials=None,
+            storage=storage, tracking_uri=tracking_uri, study_name=full_study, home=home,
+            worker_params=worker_params,
             run_params={**run_params, "max_train_samples": full_samples,
                         "train_examples": len(full_data.train)})
     if seeds > 0 and summary["best_value"] is not None:
@@ -175,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also evaluate head-only and the random baseline")
     parser.add_argument("--quick", action="store_true", help="the quick preset: spaces quick "
                         "and full_ft_quick (searches on 2,000 examples, one epoch), 5 seeds")
+    parser.add_argument("--workers", type=int, default=1, help="run each study as this many "
+                        "worker runs on the Prefect work pool (needs PostgreSQL storage, an "
+                        "MLflow server and the deployments of infra/prefect.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.quick:
@@ -189,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                          max_train_samples=args.max_train_samples, select_on=args.select_on,
                          home=args.home, baseline=not args.no_baseline,
                          baseline_space=args.baseline_space, baseline_study=args.baseline_study,
-                         seeds=args.seeds, extra_methods=tuple(args.extra_methods))
+                         seeds=args.seeds, extra_methods=tuple(args.extra_methods),
+                         workers=args.workers)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

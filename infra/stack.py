@@ -1,7 +1,7 @@
 """The server stack without Docker: a throwaway PostgreSQL cluster (databases optuna, mlflow and
 prefect), an MLflow tracking server and a Prefect server, natively on free loopback ports.
 
-    python infra/stack.py          # start, print the env vars to export, stop on Ctrl-C
+    python infra/stack.py          # start, print the env vars to export; Ctrl-C or kill stops it
 
 Each server is started, waited on until it answers its health check, and stopped with its whole
 process group; the cluster's folder is removed. The integration tests use ``Stack`` directly.
@@ -178,12 +178,21 @@ class Stack:
         self.stop()
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    stack = Stack().start()
-    print("# the stack is up; export these, then run the flows (Ctrl-C stops everything):")
-    for key, value in stack.env().items():
-        print(f"export {key}={value}")
+    # SIGINT too: a shell starts background jobs with it ignored, and `kill -INT` must still work
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
+    stack = Stack()
     try:
+        stack.start()
+        print("# the stack is up; export these, then run the flows (Ctrl-C or kill "
+              f"{os.getpid()} stops everything):", flush=True)
+        for key, value in stack.env().items():
+            print(f"export {key}={value}", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass

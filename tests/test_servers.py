@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,3 +120,54 @@ def test_a_worker_stopped_mid_trial_leaves_the_study_consistent(stack, glue_dir,
     assert sorted(runs) == sorted([cut.number] + [t.number for t in ran])
     assert runs[cut.number].info.status == "FAILED"
     assert "stopped mid-trial" in runs[cut.number].data.tags["fail_reason"]
+
+
+def test_prefect_deployment_run_with_two_workers_fills_one_study(stack, glue_dir, tmp_path):
+    env = {**os.environ, **stack.env(), "PYTHONPATH": str(ROOT), "PWD": str(ROOT),
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}
+
+    def prefect(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    for command in (("work-pool", "create", "bitfit", "--type", "process"),
+                    ("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")):
+        done = prefect(*command)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool",
+                                   "bitfit"], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        params = {"task": "cola", "data_dir": str(glue_dir), "space": "quick",
+                  "max_train_samples": "200", "n_trials": "4", "study_name": "deployed",
+                  "baseline": "false", "seeds": "0", "workers": "2", "home": str(tmp_path)}
+        run = prefect("deployment", "run", "bitfit-search/default", "--watch",
+                      *[arg for k, v in params.items() for arg in ("--param", f"{k}={v}")],
+                      timeout=900)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+    detail = run.stdout[-3000:] + run.stderr[-2000:] + log.read_text(errors="replace")[-4000:]
+    assert run.returncode == 0 and "Completed" in run.stdout, detail
+    study = optuna.load_study(study_name="deployed", storage=stack.optuna_storage)
+    ran = [t.number for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                         optuna.trial.TrialState.PRUNED)]
+    assert sorted(ran) == [0, 1, 2, 3], detail
+    request = urllib.request.Request(
+        f"{stack.prefect_api}/flow_runs/filter", headers={"Content-Type": "application/json"},
+        data=json.dumps({"flow_runs": {"name": {"like_": "deployed-worker"}}}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        workers = {r["name"]: r["state_type"] for r in json.load(response)}
+    assert workers == {"deployed-worker-0": "COMPLETED", "deployed-worker-1": "COMPLETED"}
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    client = MlflowClient(tracking_uri=stack.mlflow_uri)
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
