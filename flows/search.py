@@ -32,7 +32,7 @@ from bitfit.cli import home_dir  # noqa: E402
 from evaluate import print_report, run_evaluation  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
 
-QUICK = {"space": "quick", "baseline_space": "full_ft_quick", "seeds": 5}
+QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
 WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 
 
@@ -230,13 +230,14 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            max_train_samples: int | None = None, select_on: str = "heldout",
            home: str = "runs", baseline: bool = True, baseline_space: str = "full_ft",
            baseline_study: str | None = None, seeds: int = 5,
-           extra_methods: tuple[str, ...] = (), workers: int = 1) -> dict:
+           extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     ``baseline=False`` skips full fine-tuning; ``baseline_study`` reuses an existing study (in
     the same storage) instead of running one; ``seeds=0`` stops after the studies. With
     ``workers`` K > 1 each study runs as K runs of the ``bitfit-study/worker`` deployment on its
     work pool, sharing the study on a server storage (PostgreSQL) and an MLflow server.
+    ``quick`` is the quick preset: spaces ``quick`` and ``full_ft_quick``.
     """
     from bitfit.space import load_space
     from bitfit.study import default_storage
@@ -244,6 +245,8 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
 
     if select_on not in ("heldout", "dev"):
         raise ValueError(f"select_on must be 'heldout' or 'dev', got {select_on!r}")
+    if quick:
+        space, baseline_space = QUICK["space"], QUICK["baseline_space"]
     parsed = load_space(space)  # a bad file fails before any work
     samples = max_train_samples or parsed.max_train_samples
     storage = storage or default_storage(home)
@@ -338,15 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-methods", nargs="*", default=[], choices=("frozen", "rand"),
                         help="also evaluate head-only and the random baseline")
     parser.add_argument("--quick", action="store_true", help="the quick preset: spaces quick "
-                        "and full_ft_quick (searches on 2,000 examples, one epoch), 5 seeds")
+                        "and full_ft_quick (searches on 2,000 examples, one epoch)")
     parser.add_argument("--workers", type=int, default=1, help="run each study as this many "
                         "worker runs on the Prefect work pool (needs PostgreSQL storage, an "
                         "MLflow server and the deployments of infra/prefect.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.space, args.baseline_space, args.seeds = (QUICK["space"], QUICK["baseline_space"],
-                                                       QUICK["seeds"])
     for name in ("prefect", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                          home=args.home, baseline=not args.no_baseline,
                          baseline_space=args.baseline_space, baseline_study=args.baseline_study,
                          seeds=args.seeds, extra_methods=tuple(args.extra_methods),
-                         workers=args.workers)
+                         workers=args.workers, quick=args.quick)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
