@@ -194,10 +194,16 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
           space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
           tracking_uri: str | None = None, study_name: str | None = None,
           max_train_samples: int | None = None, select_on: str = "heldout",
-          home: str = "runs") -> dict:
+          home: str = "runs", threads: int | None = None) -> dict:
     """One worker of a study: load the model once, then run trials until the study's budget
-    is spent, together with every other worker on the same storage."""
+    is spent, together with every other worker on the same storage. ``threads``: CPU threads
+    for training (default: torch's, one per core)."""
     from bitfit.space import load_space
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from bitfit.study import default_storage
     from bitfit.tracking import default_tracking_uri
 
@@ -230,14 +236,17 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            max_train_samples: int | None = None, select_on: str = "heldout",
            home: str = "runs", baseline: bool = True, baseline_space: str = "full_ft",
            baseline_study: str | None = None, seeds: int = 5,
-           extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False) -> dict:
+           extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False,
+           threads: int | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     ``baseline=False`` skips full fine-tuning; ``baseline_study`` reuses an existing study (in
     the same storage) instead of running one; ``seeds=0`` stops after the studies. With
     ``workers`` K > 1 each study runs as K runs of the ``bitfit-study/worker`` deployment on its
     work pool, sharing the study on a server storage (PostgreSQL) and an MLflow server.
-    ``quick`` is the quick preset: spaces ``quick`` and ``full_ft_quick``.
+    ``quick`` is the quick preset: spaces ``quick`` and ``full_ft_quick``. ``threads``: CPU
+    threads per worker; by default this machine's cores shared among the K workers (give it when
+    the workers have machines of their own).
     """
     from bitfit.space import load_space
     from bitfit.study import default_storage
@@ -252,13 +261,18 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
     storage = storage or default_storage(home)
     tracking_uri = tracking_uri or default_tracking_uri(home)
     check_workers(workers, storage, tracking_uri)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     study_name = study_name or _study_name(task, parsed.name, samples, select_on)
     base = load_model(model)
     data = _study_data(base, task, parsed, data_dir=data_dir,
                        max_train_samples=max_train_samples, select_on=select_on, home=home)
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
     worker_params = {"task": task, "model": model, "data_dir": data_dir,
-                     "max_train_samples": max_train_samples, "select_on": select_on}
+                     "max_train_samples": max_train_samples, "select_on": select_on,
+                     "threads": threads or max(1, (os.cpu_count() or 1) // workers)}
     summary = _study_stage(base, data, workers=workers, space=space, n_trials=n_trials,
                            storage=storage, tracking_uri=tracking_uri, study_name=study_name,
                            home=home, worker_params=worker_params,
@@ -345,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="run each study as this many "
                         "worker runs on the Prefect work pool (needs PostgreSQL storage, an "
                         "MLflow server and the deployments of infra/prefect.yaml)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker "
+                        "(default: this machine's cores shared among the workers)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     for name in ("prefect", "mlflow"):
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                          home=args.home, baseline=not args.no_baseline,
                          baseline_space=args.baseline_space, baseline_study=args.baseline_study,
                          seeds=args.seeds, extra_methods=tuple(args.extra_methods),
-                         workers=args.workers, quick=args.quick)
+                         workers=args.workers, quick=args.quick, threads=args.threads)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
