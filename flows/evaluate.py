@@ -32,7 +32,7 @@ EXTRA_METHODS = ("frozen", "rand")
 @task(cache_policy=NO_CACHE)
 def run_evaluation(base, data, *, storage: str, bitfit_study: str, full_study: str | None,
                    seeds: int, extra_methods: tuple[str, ...], tracking_uri: str,
-                   home: str, name: str) -> dict:
+                   home: str, name: str, processes: int | None = None) -> dict:
     """Train each method's best configuration with each seed; the comparison report."""
     from bitfit.compare import best_config, compare
     from bitfit.tracking import Tracker
@@ -45,7 +45,7 @@ def run_evaluation(base, data, *, storage: str, bitfit_study: str, full_study: s
             raise ValueError(f"extra method {method!r} is not one of {', '.join(EXTRA_METHODS)}")
         configs[method] = dataclasses.replace(configs["bitfit"], method=method)
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
-                         tracker=Tracker(tracking_uri, home=home),
+                         tracker=Tracker(tracking_uri, home=home), processes=processes,
                          log=lambda line: print(line, file=sys.stderr))
     return {"table": comparison.markdown, "p_value": comparison.p_value,
             "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
@@ -59,8 +59,12 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
              storage: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
              model: str | None = None, data_dir: str | None = None,
              max_train_samples: int | None = None, max_length: int = 128,
-             tracking_uri: str | None = None, home: str = "runs") -> dict:
-    """Best configs -> S seeds each on the whole training split -> comparison on dev."""
+             tracking_uri: str | None = None, home: str = "runs",
+             processes: int | None = None) -> dict:
+    """Best configs -> S seeds each on the whole training split -> comparison on dev.
+
+    ``processes``: runs trained at once (default: one per core on a CPU, up to 4; 1: one after
+    another)."""
     from bitfit.study import default_storage
     from bitfit.tracking import default_tracking_uri
 
@@ -74,7 +78,8 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
                           bitfit_study=bitfit_study, full_study=full_study, seeds=seeds,
                           extra_methods=tuple(extra_methods),
                           tracking_uri=tracking_uri or default_tracking_uri(home), home=home,
-                          name=f"{bitfit_study}-vs-{full_study or 'none'}-s{seeds}")
+                          name=f"{bitfit_study}-vs-{full_study or 'none'}-s{seeds}",
+                          processes=processes)
 
 
 def print_report(summary: dict) -> None:
@@ -101,13 +106,16 @@ if __name__ == "__main__":
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--home", default=str(home_dir()))
+    parser.add_argument("--processes", type=int, default=None, help="runs trained at once "
+                        "(default: one per core on a CPU, up to 4)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = evaluate(task=args.task, bitfit_study=args.bitfit_study, full_study=args.full_study,
                       storage=args.storage, seeds=args.seeds,
                       extra_methods=tuple(args.extra_methods), model=args.model,
                       data_dir=args.data_dir, max_train_samples=args.max_train_samples,
-                      tracking_uri=args.tracking_uri, home=args.home)
+                      tracking_uri=args.tracking_uri, home=args.home,
+                      processes=args.processes)
     if args.json:
         print(json.dumps(result))
     else:

@@ -237,7 +237,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            home: str = "runs", baseline: bool = True, baseline_space: str = "full_ft",
            baseline_study: str | None = None, seeds: int = 5,
            extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False,
-           threads: int | None = None) -> dict:
+           threads: int | None = None, eval_processes: int | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     ``baseline=False`` skips full fine-tuning; ``baseline_study`` reuses an existing study (in
@@ -246,7 +246,8 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
     work pool, sharing the study on a server storage (PostgreSQL) and an MLflow server.
     ``quick`` is the quick preset: spaces ``quick`` and ``full_ft_quick``. ``threads``: CPU
     threads per worker; by default this machine's cores shared among the K workers (give it when
-    the workers have machines of their own).
+    the workers have machines of their own). ``eval_processes``: final runs trained at once
+    (default: one per core on a CPU, up to 4).
     """
     from bitfit.space import load_space
     from bitfit.study import default_storage
@@ -301,7 +302,8 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
         summary["evaluation"] = run_evaluation(
             base, final_data, storage=storage, bitfit_study=study_name, full_study=full_study,
             seeds=seeds, extra_methods=tuple(extra_methods), tracking_uri=tracking_uri,
-            home=home, name=f"{study_name}-vs-{full_study or 'none'}-s{seeds}")
+            home=home, name=f"{study_name}-vs-{full_study or 'none'}-s{seeds}",
+            processes=eval_processes)
     return summary
 
 
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                         "MLflow server and the deployments of infra/prefect.yaml)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker "
                         "(default: this machine's cores shared among the workers)")
+    parser.add_argument("--eval-processes", type=int, default=None, help="final runs trained "
+                        "at once (default: one per core on a CPU, up to 4; 1: one after another)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     for name in ("prefect", "mlflow"):
@@ -373,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                          home=args.home, baseline=not args.no_baseline,
                          baseline_space=args.baseline_space, baseline_study=args.baseline_study,
                          seeds=args.seeds, extra_methods=tuple(args.extra_methods),
-                         workers=args.workers, quick=args.quick, threads=args.threads)
+                         workers=args.workers, quick=args.quick, threads=args.threads,
+                         eval_processes=args.eval_processes)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

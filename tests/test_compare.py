@@ -3,9 +3,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
+from pathlib import Path
 
 import pytest
+import torch
 
+from bitfit.artifacts import TENSORS
 from bitfit.compare import best_config, compare
 from bitfit.space import load_space
 from bitfit.study import run_study
@@ -19,7 +23,7 @@ def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_p
                "full": TrainConfig(method="full", epochs=2, learning_rate=5e-5)}
 
     comparison = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="t",
-                         tracker=tracker, log=lambda line: None)
+                         tracker=tracker, processes=2, log=lambda line: None)
 
     assert len(comparison.runs) == 4
     for run in comparison.runs:
@@ -45,11 +49,35 @@ def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_p
 def test_same_seeds_same_numbers(base, cola_small, tmp_path):
     configs = {"bitfit": TrainConfig(epochs=1, precision="fp32")}
     first = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="a",
-                    log=lambda line: None)
+                    processes=1, log=lambda line: None)
     second = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="b",
-                     log=lambda line: None)
+                     processes=1, log=lambda line: None)
 
     assert [r.metrics for r in first.runs] == [r.metrics for r in second.runs]
+
+
+def test_processes_change_only_the_wall_time(base, cola_small, tmp_path):
+    configs = {"bitfit": TrainConfig(subset="qm2", epochs=1, learning_rate=5e-3),
+               "full": TrainConfig(method="full", epochs=1, learning_rate=5e-5)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what each of 2 processes gets
+    try:
+        alone = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="one",
+                        processes=1, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    together = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="two",
+                       processes=2, log=lambda line: None)
+
+    assert [(r.method, r.seed) for r in together.runs] == [(r.method, r.seed) for r in alone.runs]
+    assert [r.metrics for r in together.runs] == [r.metrics for r in alone.runs]
+    assert [r.curve for r in together.runs] == [r.curve for r in alone.runs]
+    for a, b in zip(alone.runs, together.runs, strict=True):
+        if a.artifact:
+            assert (Path(a.artifact) / TENSORS).read_bytes() == \
+                (Path(b.artifact) / TENSORS).read_bytes()
+    with pytest.raises(ValueError, match="processes must be 1 or more, got 0"):
+        compare(base, cola_small, configs, seeds=1, home=tmp_path, name="zero", processes=0)
 
 
 def test_best_config_is_read_back_from_the_study(base, cola_small, tmp_path):
@@ -72,7 +100,7 @@ def test_rand_and_frozen_baselines_take_the_bitfit_config(base, cola_small, tmp_
                "frozen": dataclasses.replace(bitfit, method="frozen")}
 
     comparison = compare(base, cola_small, configs, seeds=1, home=tmp_path, name="x",
-                         log=lambda line: None)
+                         processes=1, log=lambda line: None)
 
     params = {r.method: r.trainable_params for r in comparison.runs}
     head = 384 * 2 + 2
