@@ -9,9 +9,11 @@ to spend little on padding.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -38,6 +40,18 @@ class DataSourceError(OSError):
 # --------------------------------------------------------------------------- loading raw splits
 
 
+@dataclass(frozen=True)
+class _Split:
+    """A split as read, and how messages name its source.
+
+    The frame's index holds each record's place in the source, named for its unit (``line`` of a
+    text file, ``row`` of an array, a Parquet file or the Hub), so that a refusal can point at it.
+    """
+
+    frame: pd.DataFrame
+    source: str  # e.g. "dev file 'dev.csv'"
+
+
 def load_splits(
     task: Task,
     *,
@@ -47,70 +61,253 @@ def load_splits(
 ) -> tuple[Task, dict[str, pd.DataFrame]]:
     """Read a task's train and dev splits as frames with the task's text columns and ``label``.
 
+    Every split is checked whole (before any subsampling): a file that does not parse into
+    exactly one row per line, an empty or unknown label, or a missing text is refused.
+
     Args:
         task: a GLUE task or a custom task.
         data_dir: a folder in the official GLUE layout; ``$BITFIT_GLUE_DIR`` when not given.
-        train_file, dev_file: a custom task's files (CSV, TSV, JSON, JSON lines or Parquet).
+        train_file, dev_file: a custom task's files (CSV, TSV or tab-separated .txt, JSON,
+            JSON lines or Parquet), in UTF-8.
 
     Returns:
         The task (a custom classification task gains its label names from the training file) and
         the frames by split: ``train`` then the task's evaluation splits.
 
     Raises:
-        DataSourceError: files missing or unreadable, or the Hub unreachable.
-        ValueError: a named column or a label that the task does not know.
+        DataSourceError: files missing, empty, not UTF-8, not valid JSON or Parquet, or the Hub
+            unreachable.
+        ValueError: a malformed CSV/TSV line, a missing column, or an empty or unknown label.
     """
+    classes_from = None
     if train_file is not None or dev_file is not None:
         if train_file is None or dev_file is None:
             raise ValueError("a custom task needs both --train-file and --dev-file")
-        frames = {"train": _read_file(train_file), "validation": _read_file(dev_file)}
-        for split, frame in frames.items():
-            missing = [c for c in (*task.text_columns, task.label_column) if c not in frame]
-            if missing:
-                raise ValueError(
-                    f"{split} file has no column {missing[0]!r}; its columns are "
-                    f"{', '.join(map(str, frame.columns))}: name the right ones with "
-                    f"--text-columns and --label-column"
-                )
-        if not task.is_regression and not task.label_names:
-            names = tuple(sorted(str(v) for v in frames["train"][task.label_column].unique()))
-            task = dataclasses.replace(task, label_names=names)
-        renamed = {
-            s: f[list(task.text_columns) + [task.label_column]].rename(
-                columns={task.label_column: "label"}
-            )
-            for s, f in frames.items()
-        }
+        task, splits, classes_from = _read_custom(task, train_file, dev_file)
     else:
         glue_dir = data_dir if data_dir is not None else os.environ.get(GLUE_DIR_ENV)
-        renamed = _read_glue_dir(task, Path(glue_dir)) if glue_dir else _read_hub(task)
-    return task, {s: _normalise(task, f, s) for s, f in renamed.items()}
+        splits = _read_glue_dir(task, Path(glue_dir)) if glue_dir else _read_hub(task)
+    return task, {s: _normalise(task, split, classes_from) for s, split in splits.items()}
 
 
-def _read_file(path: str | os.PathLike[str]) -> pd.DataFrame:
+def _read_custom(
+    task: Task, train_file: str | os.PathLike[str], dev_file: str | os.PathLike[str]
+) -> tuple[Task, dict[str, _Split], str | None]:
+    """A custom task's splits with canonical columns, the task with its label names, and where
+    those names came from (None when the task named them)."""
+    splits = {"train": _read_file(train_file, "training"),
+              "validation": _read_file(dev_file, "dev")}
+    wanted = [*task.text_columns, task.label_column]
+    for split in splits.values():
+        missing = [c for c in wanted if c not in split.frame]
+        if missing:
+            raise ValueError(
+                f"{split.source} has no column {missing[0]!r}; its columns are "
+                f"{', '.join(map(str, split.frame.columns))}: name the right ones with "
+                f"--text-columns and --label-column"
+            )
+    classes_from = None
+    if not task.is_regression and not task.label_names:
+        labels = splits["train"].frame[task.label_column]
+        names = tuple(sorted({str(v) for v in labels[~_blank(labels)]}))
+        task = dataclasses.replace(task, label_names=names)
+        classes_from = f"the {splits['train'].source}"
+    renamed = {
+        s: _Split(split.frame[wanted].rename(columns={task.label_column: "label"}), split.source)
+        for s, split in splits.items()
+    }
+    return task, renamed, classes_from
+
+
+_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _read_file(path: str | os.PathLike[str], role: str = "data") -> _Split:
     p = Path(path)
+    source = f"{role} file {str(p)!r}"
     if not p.is_file():
-        raise DataSourceError(f"data file {str(p)!r} does not exist: check the path")
+        raise DataSourceError(f"{source} does not exist: check the path")
     suffix = p.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
-    if suffix in (".json", ".jsonl"):
-        with p.open(encoding="utf-8") as f:
-            lines = suffix == ".jsonl" or f.read(1) != "["
-        return pd.read_json(p, lines=lines)
     if suffix == ".parquet":
-        return pd.read_parquet(p)
+        return _Split(_read_parquet(p, source), source)
+    if suffix in (".json", ".jsonl"):
+        return _Split(_read_json(_read_text(p, source), source, suffix), source)
+    if suffix in _TEXT_SEPARATORS:
+        text = _read_text(p, source)
+        records = _csv_records(text, source) if suffix == ".csv" else _tsv_records(text)
+        return _Split(_table(records, source, _TEXT_SEPARATORS[suffix]), source)
     raise ValueError(
-        f"data file {str(p)!r} has an unknown type {suffix!r}: use .csv, .tsv, .json, .jsonl "
-        f"or .parquet"
+        f"{source} has an unknown type {suffix!r}: use .csv, .tsv (or tab-separated .txt), "
+        f".json, .jsonl or .parquet"
     )
 
 
-def _read_glue_dir(task: Task, root: Path) -> dict[str, pd.DataFrame]:
+def _read_text(p: Path, source: str) -> str:
+    """The file's text, decoded strictly as UTF-8 (a leading byte-order mark is dropped)."""
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise DataSourceError(f"{source} could not be read ({err.strerror}): check its "
+                              f"permissions") from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        # The codec's own message names no file and counts from after the byte-order mark.
+        offset = bom + err.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise DataSourceError(
+            f"{source} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}, line "
+            f"{line}): save it as UTF-8"
+        ) from None
+    if not text.strip():
+        raise DataSourceError(f"{source} is empty: point to the file that holds the data")
+    return text
+
+
+def _lines(text: str) -> list[str]:
+    # The line breaks that csv and pandas break on (\n, \r\n, \r), not str.splitlines' extras.
+    return [line.rstrip("\r\n") for line in io.StringIO(text, newline="")]
+
+
+def _tsv_records(text: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty line; quotes are ordinary characters in a TSV."""
+    return [(n, line.split("\t")) for n, line in enumerate(_lines(text), 1) if line]
+
+
+def _csv_records(text: str, source: str) -> list[tuple[int, list[str]]]:
+    """(first line, fields) of each CSV record, refusing records that span lines.
+
+    One stray ``"`` opens a quoted field that swallows the lines up to the next quote, so a file
+    would silently lose rows: a record must end on the line it starts on.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[tuple[int, list[str]]] = []
+    spans: tuple[int, int] | None = None
+    start = 1
+    try:
+        for fields in reader:
+            if fields:  # csv gives [] for an empty line
+                records.append((start, fields))
+                if spans is None and reader.line_num > start:
+                    spans = (start, reader.line_num)
+            start = reader.line_num + 1
+    except csv.Error as err:  # a field past csv's size limit, most often a quote left open
+        if reader.line_num <= start:
+            raise ValueError(f"{source} line {start} cannot be read as CSV ({err}): shorten "
+                             f"or fix that line") from None
+        raise ValueError(_runaway_quote(source, start, f"past line {reader.line_num}")) from None
+    if spans is not None:
+        data_lines = sum(1 for line in _lines(text) if line) - 1
+        raise ValueError(_runaway_quote(
+            source, spans[0],
+            f"to line {spans[1]}, so its {data_lines} data lines read as {len(records) - 1} rows",
+        ))
+    return records
+
+
+def _runaway_quote(source: str, line: int, reach: str) -> str:
+    return (f"{source} has a quoted field that starts on line {line} and runs on {reach}: balance "
+            f"or remove the '\"' on line {line} (fields that span lines are not supported)")
+
+
+def _table(
+    records: list[tuple[int, list[str]]], source: str, sep: str, *, header: bool = True
+) -> pd.DataFrame:
+    """A frame of text records indexed by line, every line holding as many fields as the first."""
+    kind = "tab" if sep == "\t" else "comma"
+    first_line, first = records[0]
+    rows = records[1:] if header else records
+    if header:
+        duplicate = next((c for i, c in enumerate(first) if c in first[:i]), None)
+        if duplicate is not None:
+            raise ValueError(f"{source} has the column {duplicate!r} twice in its header: give "
+                             f"every column its own name")
+        if not rows:
+            raise DataSourceError(f"{source} has a header row but no data rows: point to the "
+                                  f"file that holds the data")
+    against = "the header" if header else f"line {first_line}"
+    for line, fields in rows:
+        if len(fields) != len(first):
+            raise ValueError(
+                f"{source} line {line} has {len(fields)} {kind}-separated "
+                f"field{'' if len(fields) == 1 else 's'} but {against} has {len(first)}: "
+                f"{_field_count_fix(kind, len(fields) > len(first))}"
+            )
+    columns = first if header else list(range(len(first)))
+    index = pd.Index([line for line, _ in rows], name="line")
+    return pd.DataFrame([fields for _, fields in rows], columns=columns, index=index)
+
+
+def _field_count_fix(kind: str, too_many: bool) -> str:
+    if not too_many:
+        return "add the missing fields (a line break inside a field also splits a row)"
+    if kind == "comma":
+        return 'put text that holds commas in double quotes ("a, b")'
+    return "remove the extra tabs (text in a TSV cannot hold a tab)"
+
+
+def _read_json(text: str, source: str, suffix: str) -> pd.DataFrame:
+    """Records of a JSON array (``row`` numbers) or of JSON lines (``line`` numbers)."""
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataSourceError(
+                f"{source} is not valid JSON ({err.msg} at line {err.lineno}, column "
+                f"{err.colno}): fix it, or write one JSON object per line"
+            ) from None
+        places, unit = list(range(1, len(records) + 1)), "row"
+    else:
+        records, places, unit = [], [], "line"
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataSourceError(
+                    f"{source} line {n} is not valid JSON ({err.msg} at column {err.colno}): "
+                    f"write one JSON object per line, or a JSON array of objects in a .json file"
+                ) from None
+            places.append(n)
+    for place, record in zip(places, records, strict=True):
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{source} {unit} {place} holds {_JSON_KINDS.get(type(record), 'a value')} "
+                f"instead of an object: write each record as an object with one key per column"
+            )
+    return _with_rows(pd.DataFrame(records, index=pd.Index(places, name=unit)), source)
+
+
+def _read_parquet(p: Path, source: str) -> pd.DataFrame:
+    if p.stat().st_size == 0:
+        raise DataSourceError(f"{source} is empty: point to the file that holds the data")
+    try:
+        frame = pd.read_parquet(p)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        # Arrow's reason spans sentences; it stays on the chain for whoever debugs.
+        raise DataSourceError(
+            f"{source} could not be read as Parquet (it is damaged or not a Parquet file): "
+            f"write it again, for example with pandas.DataFrame.to_parquet"
+        ) from err
+    frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
+    return _with_rows(frame, source)
+
+
+def _with_rows(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    if frame.empty:
+        raise DataSourceError(f"{source} holds no records: point to the file that holds the data")
+    return frame
+
+
+def _read_glue_dir(task: Task, root: Path) -> dict[str, _Split]:
     if not task.glue_dir:
         raise ValueError(f"task {task.name!r} is not a GLUE task; give --train-file and --dev-file")
     files = {"train": "train.tsv", **task.dev_files}
-    frames = {}
+    splits = {}
     for split, name in files.items():
         path = root / task.glue_dir / name
         if not path.is_file():
@@ -118,19 +315,40 @@ def _read_glue_dir(task: Task, root: Path) -> dict[str, pd.DataFrame]:
                 f"GLUE file {str(path)!r} does not exist: --data-dir (or ${GLUE_DIR_ENV}) must "
                 f"name a folder in the official GLUE layout ({task.glue_dir}/{name})"
             )
-        # The official TSVs contain unbalanced quotes: read every field verbatim.
-        raw = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str,
-                          header=0 if task.tsv_header else None, keep_default_na=False,
-                          encoding="utf-8-sig")
+        source = f"GLUE file {str(path)!r}"
+        # The official TSVs contain unbalanced quotes: every field is read verbatim.
+        raw = _table(_tsv_records(_read_text(path, source)), source, "\t",
+                     header=task.tsv_header)
+        _check_glue_columns(task, raw, source, name)
         columns = list(task.text_columns) + ["label"]
-        frames[split] = pd.DataFrame(
-            {c: raw.iloc[:, src] if isinstance(src, int) else raw[src]
-             for c, src in zip(columns, task.tsv_columns, strict=True)}
+        frame = pd.DataFrame({c: raw[src] for c, src in zip(columns, task.tsv_columns,
+                                                             strict=True)})
+        splits[split] = _Split(frame, source)
+    return splits
+
+
+def _check_glue_columns(task: Task, raw: pd.DataFrame, source: str, name: str) -> None:
+    layout = (f"use the official GLUE files ({task.glue_dir}/{name} as download_glue_data.py "
+              f"writes it)")
+    wanted = [*task.text_columns, "label"]
+    if task.tsv_header:
+        if any(c not in raw.columns for c in task.tsv_columns):
+            raise ValueError(
+                f"{source} has the columns {', '.join(map(str, raw.columns))} but needs "
+                f"{', '.join(map(str, task.tsv_columns))} in its header row: {layout}"
+            )
+        return
+    needed = max(int(c) for c in task.tsv_columns) + 1
+    if raw.shape[1] < needed:
+        where = ", ".join(f"{c} in field {int(src) + 1}"
+                          for c, src in zip(wanted, task.tsv_columns, strict=True))
+        raise ValueError(
+            f"{source} has {raw.shape[1]} tab-separated fields per line but needs at least "
+            f"{needed} (no header row; {where}): {layout}"
         )
-    return frames
 
 
-def _read_hub(task: Task) -> dict[str, pd.DataFrame]:
+def _read_hub(task: Task) -> dict[str, _Split]:
     import datasets  # deferred: importing it costs a second that local runs need not pay
 
     if not task.glue_dir:
@@ -144,31 +362,101 @@ def _read_hub(task: Task) -> dict[str, pd.DataFrame]:
             f"GLUE layout ({task.glue_dir}/train.tsv, {task.glue_dir}/dev.tsv)"
         ) from err
     columns = list(task.text_columns) + ["label"]
-    return {s: loaded[s].to_pandas()[columns] for s in ("train", *task.eval_splits)}
+    splits = {}
+    for s in ("train", *task.eval_splits):
+        frame = loaded[s].to_pandas()[columns]
+        frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
+        splits[s] = _Split(frame, f"the {s} split of {HUB_DATASET} ({task.name})")
+    return splits
 
 
-def _normalise(task: Task, frame: pd.DataFrame, split: str) -> pd.DataFrame:
-    frame = frame.reset_index(drop=True)
+def _normalise(task: Task, split: _Split, classes_from: str | None = None) -> pd.DataFrame:
+    """Text columns as strings and labels as class ids (or floats), refusing any bad row.
+
+    Args:
+        classes_from: where the task's label names were read from ("the training file ..."),
+            None when the task named them.
+    """
+    frame, source = split.frame, split.source
     for c in task.text_columns:
-        frame[c] = frame[c].astype(str)
+        missing = frame[c].isna()  # JSON null or Parquet None: str() would make it "None"
+        if missing.any():
+            raise ValueError(f"{source} has no text in column {c!r} "
+                             f"({_where(frame.index[missing])}): give every row its text")
     labels = frame["label"]
+    blank = _blank(labels)
+    if blank.any():
+        raise ValueError(f"{source} has an empty label ({_where(frame.index[blank])}): give "
+                         f"every row a label, or drop the rows without one")
     if task.is_regression:
-        frame["label"] = pd.to_numeric(labels, errors="raise").astype(np.float32)
-        return frame
+        ids = _regression_labels(labels, source)
+    else:
+        ids = _class_ids(task, labels, source, classes_from)
+    texts = {c: frame[c].astype(str) for c in task.text_columns}
+    return frame.assign(**texts, label=ids).reset_index(drop=True)
+
+
+def _blank(labels: pd.Series) -> pd.Series:
+    return labels.isna() | labels.astype(str).str.strip().eq("")
+
+
+def _regression_labels(labels: pd.Series, source: str) -> pd.Series:
+    numbers = pd.to_numeric(labels, errors="coerce").astype(np.float64)
+    bad = ~np.isfinite(numbers)
+    if bad.any():
+        found, one = _labels_at(labels, bad)
+        raise ValueError(f"{source} has {found}, which {'is' if one else 'are'} not a number: "
+                         f"a regression task needs a number as every label")
+    return numbers.astype(np.float32)
+
+
+def _class_ids(task: Task, labels: pd.Series, source: str, classes_from: str | None) -> pd.Series:
     names = [str(n) for n in task.label_names]
     as_text = labels.astype(str)
-    if as_text.isin(names).all():
+    if as_text.isin(names).any():  # labels are class names: every one must be a class
         ids = as_text.map({n: i for i, n in enumerate(names)})
-    else:
+        bad = ids.isna()
+    else:  # labels are class indices
         ids = pd.to_numeric(labels, errors="coerce")
-    bad = ~ids.isin(range(len(names)))
+        bad = ~ids.isin(range(len(names)))
     if bad.any():
+        found, one = _labels_at(labels, bad)
+        classes = ", ".join(names)
+        if classes_from is not None:
+            raise ValueError(
+                f"{source} has {found}, which {classes_from} does not have (its classes: "
+                f"{classes}): add such rows to the training file, or drop them"
+            )
         raise ValueError(
-            f"{split} split of task {task.name!r} has label {labels[bad].iloc[0]!r}, which is "
-            f"neither a class of {names} nor a class index below {len(names)}"
+            f"{source} has {found}, which {'is' if one else 'are'} neither a class of task "
+            f"{task.name!r} ({classes}) nor a class index from 0 to {len(names) - 1}: use one "
+            f"of those labels"
         )
-    frame["label"] = ids.astype(np.int64)
-    return frame
+    return ids.astype(np.int64)
+
+
+def _labels_at(labels: pd.Series, bad: pd.Series, limit: int = 3) -> tuple[str, bool]:
+    """"label 'x' (line 7)" or "labels 'x' (line 7) and 'y' (line 9)": each bad value once, at
+    its first place; and whether there is just one."""
+    firsts = labels[bad].astype(str).reset_index().drop_duplicates(subset=labels.name)
+    unit = labels.index.name or "row"
+    shown = [f"{value!r} ({unit} {place})" for place, value in firsts.head(limit).itertuples(
+        index=False)]
+    one = len(firsts) == 1
+    return f"label{'' if one else 's'} {_join(shown, len(firsts) - limit)}", one
+
+
+def _where(places: pd.Index, limit: int = 3) -> str:
+    """"line 7", "lines 7 and 9", "lines 7, 9, 12 and 4 more"."""
+    unit = places.name or "row"
+    shown = [str(p) for p in places[:limit]]
+    return f"{unit}{'' if len(places) == 1 else 's'} {_join(shown, len(places) - limit)}"
+
+
+def _join(items: list[str], more: int) -> str:
+    if more > 0:
+        return f"{', '.join(items)} and {more} more"
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def subsample(frame: pd.DataFrame, n: int | None, *, seed: int = 0) -> pd.DataFrame:

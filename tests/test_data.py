@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import codecs
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,3 +151,270 @@ def test_prepare_samples_and_puts_a_carved_split_first(base, glue_dir, cache_dir
     assert list(data.evals) == ["heldout", "validation"]
     assert (len(data.train), len(data.evals["heldout"]), len(data.evals["validation"])) == (
         400, 100, 100)
+
+
+# --------------------------------------------------------------------------- refusing bad files
+
+TOPIC = custom_task("mine", text_columns=("text",), label_column="topic")
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
+RTE_ROWS = ["0\tA cat sat.\tA cat.\tentailment", "1\tA dog ran.\tA cat.\tnot_entailment"]
+
+
+def _rows(n):
+    return [f"text {i},{'pos' if i % 2 else 'neg'}" for i in range(n)]
+
+
+def _csv(tmp_path, rows, name="train.csv", header="text,topic"):
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def _glue(tmp_path, folder, files):
+    (tmp_path / folder).mkdir()
+    for name, content in files.items():
+        (tmp_path / folder / name).write_text(content, encoding="utf-8")
+    return tmp_path
+
+
+def _refusal(error, task, **sources) -> str:
+    """The message load_splits refuses with, which must be one line of our own words."""
+    with pytest.raises(error) as info:
+        load_splits(task, **sources)
+    message = str(info.value)
+    assert "\n" not in message and "Error tokenizing" not in message
+    return message
+
+
+def test_a_stray_quote_that_swallows_csv_rows_is_refused_at_its_line(tmp_path):
+    rows = _rows(80)
+    rows[10] = '"text 10 opens a quote,neg'  # line 12
+    train, dev = _csv(tmp_path, rows), _csv(tmp_path, _rows(4), "d.csv")
+
+    message = _refusal(ValueError, TOPIC, train_file=train, dev_file=dev)
+
+    assert message.startswith(f"training file '{train}' has a quoted field that starts on line 12")
+    assert "its 80 data lines read as 11 rows: balance or remove the '\"' on line 12" in message
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".txt"])
+def test_quotes_in_tab_separated_files_are_read_verbatim(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    path.write_text('text\ttopic\n"so" good\tpos\nbad "\tneg\n', encoding="utf-8")
+
+    _, frames = load_splits(TOPIC, train_file=path, dev_file=path)
+
+    assert frames["train"]["text"].tolist() == ['"so" good', 'bad "']
+
+
+@pytest.mark.parametrize("suffix, line, found", [
+    (".tsv", "a\tpos\textra", "3 tab-separated fields"),
+    (".tsv", "no tab", "1 tab-separated field"),
+    (".csv", "a, b,pos", "3 comma-separated fields"),
+])
+def test_a_line_with_the_wrong_number_of_fields_is_named(tmp_path, suffix, line, found):
+    sep = "\t" if suffix == ".tsv" else ","
+    path = tmp_path / f"train{suffix}"
+    path.write_text(f"text{sep}topic\nok{sep}pos\n{line}\n", encoding="utf-8")
+
+    message = _refusal(ValueError, TOPIC, train_file=path, dev_file=path)
+
+    assert f"'{path}' line 3 has {found} but the header has 2: " in message
+
+
+@pytest.mark.parametrize("bad", ["train", "dev"])
+def test_an_empty_label_is_refused_with_its_file_and_line(tmp_path, bad):
+    files = {s: _csv(tmp_path, _rows(4), f"{s}.csv") for s in ("train", "dev")}
+    files[bad] = _csv(tmp_path, [*_rows(3), "text 3,"], f"{bad}.csv")  # line 5
+
+    message = _refusal(ValueError, TOPIC, train_file=files["train"], dev_file=files["dev"])
+
+    role = {"train": "training", "dev": "dev"}[bad]
+    assert message.startswith(f"{role} file '{files[bad]}' has an empty label (line 5): ")
+
+
+def test_an_empty_label_in_a_glue_file_is_refused_with_its_line(tmp_path):
+    dev = "\n".join([RTE_HEADER, *RTE_ROWS, "2\tA.\tB.\t"]) + "\n"
+    root = _glue(tmp_path, "RTE", {"train.tsv": "\n".join([RTE_HEADER, *RTE_ROWS]) + "\n",
+                                   "dev.tsv": dev})
+
+    message = _refusal(ValueError, load_task("rte"), data_dir=root)
+
+    assert f"GLUE file '{root / 'RTE' / 'dev.tsv'}' has an empty label (line 4)" in message
+
+
+@pytest.mark.parametrize("suffix, place", [(".jsonl", "line 2"), (".json", "row 2"),
+                                           (".parquet", "row 2")])
+def test_a_null_label_in_json_or_parquet_is_refused(tmp_path, suffix, place):
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "topic": ["pos", None, "neg"]})
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=suffix == ".jsonl")
+
+    message = _refusal(ValueError, TOPIC, train_file=path, dev_file=path)
+
+    assert f"'{path}' has an empty label ({place})" in message
+
+
+def test_a_null_text_is_refused_rather_than_read_as_the_word_none(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "topic": "pos"}\n{"text": null, "topic": "neg"}\n')
+
+    message = _refusal(ValueError, TOPIC, train_file=path, dev_file=path)
+
+    assert f"'{path}' has no text in column 'text' (line 2)" in message
+
+
+def test_a_dev_label_missing_from_train_is_named_with_its_line(tmp_path):
+    train = _csv(tmp_path, _rows(4))
+    dev = _csv(tmp_path, [*_rows(5), "so so,neutral"], "d.csv")  # line 7
+
+    message = _refusal(ValueError, TOPIC, train_file=train, dev_file=dev)
+
+    assert message.startswith(f"dev file '{dev}' has label 'neutral' (line 7), which the "
+                              f"training file '{train}' does not have (its classes: neg, pos): ")
+
+
+def test_class_indices_are_read_and_an_index_out_of_range_is_named(tmp_path):
+    task = custom_task("mine", text_columns=("text",), label_column="topic",
+                       label_names=("neg", "pos"))
+    good = _csv(tmp_path, ["a,0", "b,1"])
+    bad = _csv(tmp_path, ["a,0", "b,2"], "d.csv")
+
+    _, frames = load_splits(task, train_file=good, dev_file=good)
+    message = _refusal(ValueError, task, train_file=good, dev_file=bad)
+
+    assert frames["train"]["label"].tolist() == [0, 1]
+    assert f"'{bad}' has label '2' (line 3), which is neither a class of task 'mine' " \
+           f"(neg, pos) nor a class index from 0 to 1" in message
+
+
+def test_a_regression_label_that_is_not_a_number_names_value_and_line(tmp_path):
+    path = _csv(tmp_path, ["a,0.5", "b,high", "c,1"], header="text,score")
+    task = custom_task("sts", text_columns=("text",), label_column="score", regression=True)
+
+    message = _refusal(ValueError, task, train_file=path, dev_file=path)
+
+    assert f"'{path}' has label 'high' (line 3), which is not a number" in message
+
+
+def test_a_glue_file_without_the_official_header_names_expected_and_found_columns(tmp_path):
+    root = _glue(tmp_path, "SST-2", {"train.tsv": "text\tlabel\ngood\t1\n",
+                                     "dev.tsv": "sentence\tlabel\ngood\t1\n"})
+
+    message = _refusal(ValueError, load_task("sst2"), data_dir=root)
+
+    assert f"'{root / 'SST-2' / 'train.tsv'}' has the columns text, label but needs " \
+           f"sentence, label in its header row: use the official GLUE files" in message
+
+
+def test_a_glue_file_with_too_few_fields_names_the_layout_it_needs(tmp_path):
+    root = _glue(tmp_path, "CoLA", {"train.tsv": "gj04\t1\n", "dev.tsv": "gj04\t1\n"})
+
+    message = _refusal(ValueError, load_task("cola"), data_dir=root)
+
+    assert f"'{root / 'CoLA' / 'train.tsv'}' has 2 tab-separated fields per line but needs " \
+           f"at least 4 (no header row; sentence in field 4, label in field 2)" in message
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("train.csv", "", "is empty"),
+    ("dev.csv", "text,topic\n", "has a header row but no data rows"),
+    ("dev.tsv", "\n\n", "is empty"),
+    ("dev.json", "[]", "holds no records"),
+    ("dev.parquet", "", "is empty"),
+])
+def test_an_empty_file_is_refused_by_name(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_text(content)
+    train = path if name.startswith("train") else _csv(tmp_path, _rows(2), "t.csv")
+    dev = path if name.startswith("dev") else train
+
+    message = _refusal(DataSourceError, TOPIC, train_file=train, dev_file=dev)
+
+    assert f"'{path}' {says}" in message
+
+
+@pytest.mark.parametrize("name, header", [("train.tsv", ""), ("dev.tsv", RTE_HEADER + "\n")])
+def test_an_empty_glue_file_is_refused_by_name(tmp_path, name, header):
+    files = {n: "\n".join([RTE_HEADER, *RTE_ROWS]) + "\n" for n in ("train.tsv", "dev.tsv")}
+    root = _glue(tmp_path, "RTE", {**files, name: header})
+
+    message = _refusal(DataSourceError, load_task("rte"), data_dir=root)
+
+    assert f"GLUE file '{root / 'RTE' / name}' " in message
+
+
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_bytes_that_are_not_utf8_are_named_by_offset_and_line(tmp_path, bom):
+    path = tmp_path / "train.csv"
+    path.write_bytes(bom + b"text,topic\ngood,pos\ncaf\xe9,neg\n")  # latin-1 e-acute
+
+    message = _refusal(DataSourceError, TOPIC, train_file=path, dev_file=path)
+
+    offset = len(bom) + 23
+    assert message == (f"training file '{path}' is not valid UTF-8 (byte 0xe9 at offset "
+                       f"{offset}, line 3): save it as UTF-8")
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("d.json", '[{"text": "a", "topic": "pos"},\n {"text": "b" "topic": "neg"}]',
+     "is not valid JSON (Expecting ',' delimiter at line 2, column 15)"),
+    ("d.jsonl", '{"text": "a", "topic": "pos"}\n{"text": "b", "topic": }\n',
+     "line 2 is not valid JSON (Expecting value at column 24)"),
+    ("d.parquet", "not parquet at all", "could not be read as Parquet"),
+])
+def test_malformed_json_or_parquet_is_refused_by_name(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_text(content)
+
+    message = _refusal(DataSourceError, TOPIC, train_file=path, dev_file=path)
+
+    assert f"'{path}' {says}" in message
+
+
+def test_a_json_line_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "topic": "pos"}\n["b", "neg"]\n')
+
+    message = _refusal(ValueError, TOPIC, train_file=path, dev_file=path)
+
+    assert f"'{path}' line 2 holds an array instead of an object" in message
+
+
+def test_a_csv_with_a_bom_and_crlf_line_ends_reads_every_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(codecs.BOM_UTF8 + b'text,topic\r\n"a, b",pos\r\nc,neg\r\n')
+
+    _, frames = load_splits(TOPIC, train_file=path, dev_file=path)
+
+    assert frames["train"]["text"].tolist() == ["a, b", "c"]
+
+
+class _CountingTokenizer:  # enough of a tokenizer for prepare without a model
+    def __call__(self, texts, **kwargs):
+        return {"input_ids": [[101, len(t), 102] for t in texts]}
+
+
+def test_labels_are_checked_on_the_whole_training_file_before_subsampling(tmp_path):
+    rows = _rows(60)
+    rows[49] = "text 49,"  # line 51
+    train, dev = _csv(tmp_path, rows), _csv(tmp_path, _rows(4), "d.csv")
+
+    with pytest.raises(ValueError, match=r"empty label \(line 51\)"):
+        prepare(TOPIC, _CountingTokenizer(), train_file=train, dev_file=dev, max_train_samples=5)
+
+
+def test_classes_come_from_the_whole_training_file_not_the_sample(tmp_path):
+    rows = _rows(60)
+    rows[30] = "so so,neutral"
+    train = _csv(tmp_path, rows)
+    dev = _csv(tmp_path, [*_rows(4), "meh,neutral"], "d.csv")
+
+    data = prepare(TOPIC, _CountingTokenizer(), train_file=train, dev_file=dev,
+                   max_train_samples=5)
+
+    assert data.task.label_names == ("neg", "neutral", "pos")
+    assert 1 not in data.train.labels  # the sample missed the one neutral row
