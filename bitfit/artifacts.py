@@ -4,6 +4,11 @@ An artifact is kilobytes for BitFit, not a checkpoint: it holds only what a run 
 and the head; for ``rand``, the chosen scalars and their positions) and names the base model by id
 and by a SHA-256 of its weights. Applying it to that base model gives the fine-tuned model exactly;
 applying it to any other is refused. Loading reads safetensors and JSON only, never a pickle.
+
+Only a completed run makes an artifact: a diverged or stopped run's tensors are not written, and a
+manifest that says otherwise is refused. The manifest's fields that change what the artifact does
+(base model, pooling, task, method, subset, status, tensors) are sealed by ``identity_sha256``, so
+that a hand edit (making it load on another pooling, say) is refused rather than obeyed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from bitfit.models import BaseModel, TextClassifier
 from bitfit.tasks import Task
@@ -26,11 +32,36 @@ from bitfit.train import TrainResult
 
 TENSORS = "trained.safetensors"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: identity_sha256; 1 (before it) is still read
+_IDENTITY = ("base_model", "base_weights_sha256", "family", "pooling", "task", "method", "subset",
+             "status", "tensors_sha256")
+_IDENTITY_TASK = ("label_names", "regression", "text_columns")
+# What apply_artifact and Predictor read, and its JSON type.
+_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "format": int, "base_model": str, "base_weights_sha256": str, "family": str, "pooling": str,
+    "task": dict, "method": str, "subset": (str, type(None)), "status": str,
+    "tensors_sha256": str}
+_TASK_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "name": str, "label_names": list, "regression": bool, "text_columns": list}
 
 
 class ArtifactError(ValueError):
     """An artifact that is malformed or does not fit the base model it is applied to."""
+
+
+def unique_folder(parent: Path, name: str) -> Path:
+    """A new, empty folder ``parent/name``, or ``name-2``, ``name-3``, ... when it exists: a run
+    never writes into another run's folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        folder = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise OSError(f"{str(parent)!r} already holds 10,000 folders named {name!r}: give another "
+                  "name or clear old ones")
 
 
 def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str | os.PathLike[str],
@@ -39,9 +70,15 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
 
     Returns:
         The folder written.
+
+    Raises:
+        ArtifactError: the run did not complete (it diverged or was stopped); nothing is written.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if result.status != "completed":
+        reason = f" ({result.message})" if result.message else ""
+        raise ArtifactError(
+            f"cannot save an artifact of a run that ended {result.status!r}{reason}: only a "
+            f"completed run makes an artifact, so nothing was written")
     tensors: dict[str, torch.Tensor] = {}
     for name, value in result.trained.items():
         mask = result.rand_masks.get(name)
@@ -50,7 +87,7 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
         else:  # rand: store the chosen scalars and where they go, not the whole matrix
             tensors[f"{name}:indices"] = mask.flatten().nonzero().flatten()
             tensors[f"{name}:values"] = value.flatten()[mask.flatten()].contiguous()
-    save_file(tensors, out / TENSORS)
+    blob = save(tensors)
     manifest = {
         "format": FORMAT,
         "base_model": base.model_id,
@@ -71,13 +108,20 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
         "train_metrics": result.train_metrics,
         "trainable_params": result.trainable_params,
         "trainable_fraction": result.trainable_fraction,
-        "tensors_sha256": hashlib.sha256((out / TENSORS).read_bytes()).hexdigest(),
+        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         "versions": {"bitfit": _version("bitfit"), "torch": torch.__version__,
                      "transformers": _version("transformers"),
                      "safetensors": _version("safetensors"),
                      "python": platform.python_version()},
-        **(extra or {}),
     }
+    clash = sorted(set(extra or {}) & {*manifest, "identity_sha256"})
+    if clash:  # extra must not override what the manifest itself records
+        raise ValueError(f"extra manifest key {clash[0]!r} is one of the manifest's own")
+    manifest.update(extra or {})
+    manifest["identity_sha256"] = _identity_sha256(manifest)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TENSORS).write_bytes(blob)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return out
 
@@ -92,9 +136,13 @@ def _version(package: str) -> str:
 def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read an artifact folder: its manifest and its tensors (safetensors, no unpickling).
 
+    An artifact written before ``identity_sha256`` existed (format 1) is read when it is
+    otherwise valid.
+
     Raises:
         FileNotFoundError: the folder lacks the manifest or the tensors.
-        ArtifactError: the tensors do not match the manifest's hash.
+        ArtifactError: a damaged or edited manifest, a run that did not complete, or tensors that
+            do not match the manifest's hash.
     """
     folder = Path(path)
     for name in (MANIFEST, TENSORS):
@@ -103,12 +151,103 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
                 f"{str(folder)!r} is not a bitfit artifact: it has no {name}; pass the folder "
                 f"that a training run printed"
             )
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = _read_manifest(folder / MANIFEST)
+    if manifest["status"] != "completed":
+        raise ArtifactError(
+            f"artifact {str(folder)!r} comes from a run that ended {manifest['status']!r}: it "
+            f"was not trained to completion; use an artifact of a completed run")
+    if manifest["format"] >= 2 and manifest["identity_sha256"] != _identity_sha256(manifest):
+        raise ArtifactError(
+            f"manifest {str(folder / MANIFEST)!r} was edited after its run wrote it (one of "
+            f"{', '.join(_IDENTITY)} changed?), so it no longer matches its identity_sha256; "
+            f"restore the original manifest or retrain")
     blob = (folder / TENSORS).read_bytes()
-    if hashlib.sha256(blob).hexdigest() != manifest.get("tensors_sha256"):
+    if hashlib.sha256(blob).hexdigest() != manifest["tensors_sha256"]:
         raise ArtifactError(f"{str(folder / TENSORS)!r} does not match its manifest's hash: "
                             f"the artifact was altered; retrain or restore it")
-    return manifest, load_file(folder / TENSORS)
+    try:
+        return manifest, load(blob)
+    except SafetensorError as err:  # a format-1 manifest may hash a file that is not one
+        raise ArtifactError(f"{str(folder / TENSORS)!r} is not a safetensors file ({err}); "
+                            f"retrain or restore it") from None
+
+
+def _identity_sha256(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the fields that decide what an artifact does, as canonical JSON."""
+    identity = {key: manifest[key] for key in _IDENTITY}
+    identity["task"] = {key: manifest["task"][key] for key in _IDENTITY_TASK}
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_manifest(file: Path) -> dict[str, Any]:
+    """The manifest, checked to hold what ``save_artifact`` writes and the readers use."""
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # invalid JSON, or not UTF-8 text
+        raise _damaged(file, f"not valid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(file, f"expected a JSON object, got {_json_type(type(manifest))}")
+    problem = _typed_keys(manifest, {"format": int}, "")
+    if problem:
+        raise _damaged(file, problem)
+    if manifest["format"] not in (1, FORMAT):
+        raise ArtifactError(f"manifest {str(file)!r} has format {manifest['format']}, which this "
+                            f"bitfit does not read (1 to {FORMAT}): upgrade bitfit or retrain")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise _damaged(file, problem)
+    return manifest
+
+
+def _damaged(file: Path, problem: str) -> ArtifactError:
+    return ArtifactError(f"manifest {str(file)!r} is damaged ({problem}): restore it from a copy "
+                         f"or retrain")
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    schema = {**_SCHEMA, **({"identity_sha256": str} if manifest["format"] >= 2 else {})}
+    problem = _typed_keys(manifest, schema, "") or _typed_keys(manifest["task"], _TASK_SCHEMA,
+                                                                "task.")
+    if problem:
+        return problem
+    task = manifest["task"]
+    for key in ("label_names", "text_columns"):
+        if not all(isinstance(v, str) for v in task[key]):
+            return f"key 'task.{key}' should be a list of strings, got {task[key]!r}"
+    if not 1 <= len(task["text_columns"]) <= 2:
+        return f"key 'task.text_columns' should name one or two columns, got {task['text_columns']}"
+    if not task["regression"] and not task["label_names"]:
+        return "key 'task.label_names' is empty for a classification task"
+    data = manifest.get("data", {})
+    if not isinstance(data, dict) or not _is(data.get("max_length", 128), int):
+        return f"key 'data' should be an object with an integer max_length, got {data!r}"
+    return None
+
+
+def _typed_keys(section: dict[str, Any], schema: dict[str, type | tuple[type, ...]],
+                prefix: str) -> str | None:
+    for key, kind in schema.items():
+        if key not in section:
+            return f"key '{prefix}{key}' is missing"
+        if not _is(section[key], kind):
+            return f"key '{prefix}{key}' should be {_json_type(kind)}, got {section[key]!r}"
+    return None
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true is a Python bool, and so an int: it is not a number here
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+_JSON_TYPES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+               dict: "an object", type(None): "null", float: "a number"}
+
+
+def _json_type(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_JSON_TYPES.get(k, k.__name__) for k in kinds)
 
 
 def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassifier:
@@ -150,7 +289,6 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
             flat = params[name].view(-1)
             flat[tensors[f"{name}:indices"]] = tensors[f"{name}:values"]
     return model
-
 
 
 class Predictor:
