@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bitfit.services import (ServiceError, check_storage, mask_url, move_secrets,
+                             refuse_secrets, split_password)
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://bob:s3cret@db:5432/optuna", "postgresql://bob:***@db:5432/optuna"),
+    ("postgresql://bob@db/optuna?password=s3cret&sslmode=require",
+     "postgresql://bob@db/optuna?password=***&sslmode=require"),
+    ("https://user:pw@mlflow.example/?token=abc", "https://user:***@mlflow.example/?token=***"),
+    ("sqlite:////abs/path/optuna.db", "sqlite:////abs/path/optuna.db"),
+    ("sqlite:///runs/optuna.db", "sqlite:///runs/optuna.db"),
+])
+def test_every_url_form_is_masked_and_the_rest_kept_verbatim(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_a_password_is_split_off_whichever_way_it_is_written():
+    assert split_password("postgresql://bob:p%40ss@db/o") == ("postgresql://bob@db/o", "p%40ss")
+    assert split_password("postgresql://bob@db/o?password=x&sslmode=require") == (
+        "postgresql://bob@db/o?sslmode=require", "x")
+    assert split_password("sqlite:////a/b.db") == ("sqlite:////a/b.db", None)
+
+
+def test_secrets_move_from_the_urls_into_the_clients_environment(monkeypatch):
+    for key in ("PGPASSWORD", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+
+    storage, tracking = move_secrets("postgresql://bob:pw1@db/o", "http://ann:pw2@ml:5000")
+
+    assert (storage, tracking) == ("postgresql://bob@db/o", "http://ml:5000")
+    assert os.environ["PGPASSWORD"] == "pw1"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"],
+            os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ann", "pw2")
+
+
+def test_a_flow_given_a_url_with_a_password_refuses_it_without_repeating_it():
+    with pytest.raises(ServiceError, match="PGPASSWORD") as caught:
+        refuse_secrets(storage="postgresql://bob:hunter2@db/o", tracking_uri=None)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_storage_that_sqlalchemy_cannot_open_is_named_with_the_fix():
+    with pytest.raises(ServiceError, match="write postgresql://"):
+        check_storage("postgres://bob@db/o")
+    with pytest.raises(ServiceError, match="not a database URL"):
+        check_storage("nonsense")
