@@ -22,8 +22,9 @@ from typing import Any
 import optuna
 import torch
 
-from bitfit.artifacts import TENSORS, save_artifact
+from bitfit.artifacts import TENSORS, save_artifact, unique_folder
 from bitfit.data import TaskData
+from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel, load_base
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise, welch
 from bitfit.train import TrainConfig, TrainResult, resolve_device, train
@@ -31,20 +32,33 @@ from bitfit.train import TrainConfig, TrainResult, resolve_device, train
 MAX_PROCESSES = 4
 
 
-def best_config(storage: str, study_name: str) -> TrainConfig:
+def best_config(storage: str, study_name: str, *, method: str | None = None,
+                task: str | None = None) -> TrainConfig:
     """The resolved training config of a study's best trial.
 
+    Args:
+        storage: the Optuna storage URL.
+        study_name: the study.
+        method: when given, the study must have searched this method (``bitfit``, ``full``).
+        task: when given, the study must have searched this task.
+
     Raises:
-        ValueError: no such study, or no completed trial in it.
+        ValueError: no such study, another method or task, or no completed trial in it.
     """
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise ValueError(f"no study named {study_name!r} in the storage: run the search first "
                          f"or name an existing study") from None
+    identity = study.user_attrs.get("identity") or {}
+    for key, wanted in (("method", method), ("task", task)):
+        if wanted is not None and identity.get(key, wanted) != wanted:
+            raise ValueError(f"study {study_name!r} searched {key} {identity[key]!r}, not "
+                             f"{wanted!r}: name a study of {key} {wanted!r}")
     done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not done:
-        raise ValueError(f"study {study_name!r} has no completed trial to evaluate")
+        raise ValueError(f"study {study_name!r} has no completed trial to evaluate: run more "
+                         "trials (the same search command resumes it)")
     return TrainConfig(**study.best_trial.user_attrs["config"])
 
 
@@ -107,8 +121,8 @@ def compare(
         raise ValueError(f"processes must be 1 or more, got {processes}")
     task = data.task
     split = data.selection_split
-    folder = Path(home) / "evaluations" / name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = unique_folder(Path(home) / "evaluations", name)  # never another evaluation's
+    name = folder.name
     experiment_id = parent_id = None
     if tracker is not None:
         experiment_id = tracker.experiment(experiment or task.name)
@@ -123,14 +137,23 @@ def compare(
                if tracker is not None else "" for label, c in jobs]
     workers = processes if processes is not None else default_processes(device, len(jobs))
     runs: list[SeedRun] = []
-    for (label, config), run_id, (result, seed_run) in zip(
-            jobs, run_ids, _train_all(base, data, jobs, folder, device, workers), strict=True):
-        seed_run = dataclasses.replace(seed_run, run_id=run_id)
-        runs.append(seed_run)
-        if tracker is not None and run_id:
-            tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
-        log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
-            f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
+    try:
+        for (label, config), run_id, (result, seed_run) in zip(
+                jobs, run_ids, _train_all(base, data, jobs, folder, device, workers),
+                strict=True):
+            seed_run = dataclasses.replace(seed_run, run_id=run_id)
+            runs.append(seed_run)
+            if tracker is not None and run_id:
+                tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
+            log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
+                f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
+    except BaseException as err:  # no run is left RUNNING in MLflow
+        if tracker is not None:
+            status = "KILLED" if is_interruption(err) else "FAILED"
+            for run_id in [*run_ids[len(runs):], parent_id]:
+                if run_id:
+                    tracker.stop_run(run_id, status)
+        raise
 
     table = summarise(runs, task.metrics)
     main = task.main_metric
@@ -186,6 +209,13 @@ def _train_all(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfi
         try:
             for future in futures:
                 yield future.result()
+        except BaseException:
+            # stop at once: waiting for the running jobs would hold an interrupted run for
+            # minutes
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
             for future in futures:
                 future.cancel()

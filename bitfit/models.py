@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -158,6 +160,17 @@ def weights_hash(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face Hub (``$HF_ENDPOINT``) accepts a connection within seconds."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_base(model: str | None = None, *, pooling: str = "auto") -> BaseModel:
     """Load a base encoder and its tokenizer.
 
@@ -175,15 +188,23 @@ def load_base(model: str | None = None, *, pooling: str = "auto") -> BaseModel:
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     path, model_id = resolve_model(model)
+    hub = not Path(path).is_dir()
+    # A Hub id: the local cache first, and the Hub only when it answers (its client retries an
+    # unreachable Hub for most of a minute).
+    local_only = hub and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable())
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32,
+                                            local_files_only=local_only)
     except OSError as err:
+        why = ("the Hugging Face Hub cannot be reached from here and it is not in the local "
+               "cache" if local_only else
+               f"the Hugging Face Hub did not provide it ({str(err).splitlines()[0]})")
         raise ModelLoadError(
-            f"could not load model {model_id!r}: it is not a local folder and the Hugging Face "
-            f"Hub did not provide it ({str(err).splitlines()[0]}). Pass a local model folder "
-            f"with --model DIR, or leave --model out to use the bundled {BUNDLED}"
-        ) from err
+            f"could not load model {model_id!r}: it is not a local folder and {why}; pass a "
+            f"local model folder with --model DIR, or leave --model out to use the bundled "
+            f"{BUNDLED}"
+        ) from None
     family = family_of(encoder.config.model_type)
     digest = weights_hash(encoder)
     has_pooler = getattr(encoder, "pooler", None) is not None

@@ -9,10 +9,10 @@ finished trials are kept and not rerun, and ``n_trials`` is the study's total bu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
-import secrets
-import socket
 import tempfile
 import time
 import warnings
@@ -25,8 +25,11 @@ import optuna
 from optuna.trial import TrialState
 
 from bitfit.artifacts import save_artifact
-from bitfit.data import TaskData
+from bitfit.data import Encoded, TaskData
+from bitfit.interrupts import INTERRUPTED, Interrupted, is_interruption, owner, owner_alive
+from bitfit.interrupts import signal_name as _signal_name
 from bitfit.models import BaseModel
+from bitfit.services import mask_url, store_lock
 from bitfit.space import SearchSpace
 from bitfit.train import Evaluation, TrainResult, train
 
@@ -35,6 +38,14 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 class TrialFailed(RuntimeError):
     """A trial that ran but produced no usable value (its loss diverged)."""
+
+
+class StudyMismatch(ValueError):
+    """A study resumed with settings other than those it was created with."""
+
+
+class StudyFailed(RuntimeError):
+    """Every trial a run made failed, and the study has no completed trial."""
 
 
 STORAGE_ENV = "BITFIT_OPTUNA_STORAGE"
@@ -61,26 +72,109 @@ def default_storage(home: str | os.PathLike[str]) -> str:
     return os.environ.get(STORAGE_ENV) or f"sqlite:///{Path(home).resolve()}/optuna.db"
 
 
-def open_study(space: SearchSpace, *, storage: str, study_name: str) -> optuna.Study:
-    """Create the study, or load it when it exists (resume)."""
+def open_study(space: SearchSpace, *, storage: str, study_name: str,
+               identity: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the study, or load it when it exists (resume).
+
+    ``identity`` (see ``study_identity``) is recorded on a new study; resuming a study created
+    with another identity raises ``StudyMismatch`` before anything is written.
+    """
     if storage.startswith("sqlite:"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         backend: str | optuna.storages.BaseStorage = storage
     else:  # a server: a worker that dies leaves a RUNNING trial, failed after the grace period
         backend = _rdb_storage(storage)
-    try:
-        resumed = len(optuna.load_study(study_name=study_name, storage=backend).trials)
-    except KeyError:  # a new study
-        resumed = 0
-    if not storage.startswith("sqlite:"):
-        # Workers sharing a server study open it together with the same trial count: a random
-        # part keeps their samplers from drawing the same values (at the cost of repeatability).
-        resumed += secrets.randbelow(2**20)
-    return optuna.create_study(study_name=study_name, storage=backend,
-                               sampler=space.make_sampler(resumed_trials=resumed),
-                               pruner=space.make_pruner(),
-                               direction=space.direction,  # type: ignore[arg-type]
-                               load_if_exists=True)
+    with store_lock(storage):  # two processes on one new SQLite file race to create its tables
+        try:
+            existing = optuna.load_study(study_name=study_name, storage=backend)
+        except KeyError:  # a new study
+            existing = None
+        if existing is not None and identity is not None:
+            _check_identity(existing, identity, storage)
+        study = optuna.create_study(study_name=study_name, storage=backend,
+                                    sampler=_TrialSeeded(space), pruner=space.make_pruner(),
+                                    direction=space.direction,  # type: ignore[arg-type]
+                                    load_if_exists=True)
+        if identity is not None and "identity" not in study.user_attrs:
+            study.set_user_attr("identity", identity)
+    return study
+
+
+IDENTITY_LABELS = {
+    "method": "method", "task": "task", "metric": "objective metric",
+    "direction": "direction", "space": "search space (digest of its parameters and fixed "
+    "settings)", "selection_split": "selection split",
+    "train_examples": "number of training examples",
+    "data": "training and selection data (digest)"}
+
+
+def study_identity(space: SearchSpace, data: TaskData, metric: str) -> dict[str, Any]:
+    """What defines a study: resuming it with any other value would mix incomparable trials."""
+    spec = {"distributions": {k: optuna.distributions.distribution_to_json(d)
+                              for k, d in sorted(space.distributions.items())},
+            "fixed": space.fixed, "max_length": space.max_length}
+    selection = data.selection_split
+    return {"method": space.method, "task": data.task.name, "metric": metric,
+            "direction": space.direction,
+            "space": _digest(json.dumps(spec, sort_keys=True, default=str).encode()),
+            "data": _digest(*_arrays(data.train), *_arrays(data.evals[selection])),
+            "train_examples": len(data.train), "selection_split": selection}
+
+
+def _arrays(split: Encoded) -> list[bytes]:
+    types = b"" if split.type_ids is None else split.type_ids.tobytes()
+    return [split.ids.tobytes(), split.offsets.tobytes(), split.labels.tobytes(), types]
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _check_identity(study: optuna.Study, identity: dict[str, Any], storage: str) -> None:
+    stored = dict(study.user_attrs.get("identity") or {})
+    stored.setdefault("direction", study.direction.name.lower())
+    for key, label in IDENTITY_LABELS.items():
+        if key in stored and stored[key] != identity[key]:
+            raise StudyMismatch(
+                f"study {study.study_name!r} in {mask_url(storage)} was created with {label} "
+                f"{stored[key]!r}, and this run asks for {identity[key]!r}: give another "
+                "--study-name for the new settings, or the original settings to resume it")
+
+
+class _TrialSeeded(optuna.samplers.BaseSampler):
+    """The space's sampler, its seed moved on by each trial's number.
+
+    Trial numbers are handed out by the storage, so processes that share a study (or start
+    together on one home) never draw alike, a resumed study does not repeat its first draws, and
+    a seeded search stays repeatable.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self._space = space
+        self._inner = space.make_sampler()
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._inner = self._space.make_sampler(resumed_trials=trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -149,7 +243,7 @@ def run_study(
             it only (dev stays untouched in the default protocol).
         space: the search space.
         storage: an Optuna storage URL.
-        study_name: resumes the study when it exists.
+        study_name: resumes the study when it exists (with the same identity only).
         home: the run home (artifacts are staged there before MLflow takes them).
         n_trials: the study's total budget; the space's ``n_trials`` when None.
         tracker: a ``tracking.Tracker`` to record runs in MLflow, or None.
@@ -157,15 +251,24 @@ def run_study(
         run_params: extra parameters for the parent run (data settings, model).
         device: training device.
         log: where progress lines go.
+
+    Raises:
+        StudyMismatch: the study exists with another method, metric, space or data.
+        StudyFailed: every trial of this call failed and none of the study completed.
+        Interrupted: SIGINT or SIGTERM; the trial it hit is FAIL with reason ``interrupted``
+            and runs again first when the study resumes.
     """
     budget = n_trials or space.n_trials
+    if budget < 1:
+        raise ValueError(f"n_trials must be 1 or more, got {budget}")
     selection = data.selection_split
     data = dataclasses.replace(data, evals={selection: data.evals[selection]})
     metric = data.task.main_metric if space.metric == "main" else space.metric
     if metric not in data.task.metrics:
         raise ValueError(f"objective metric {metric!r} is not a metric of task "
                          f"{data.task.name!r}: use one of {', '.join(data.task.metrics)}")
-    study = open_study(space, storage=storage, study_name=study_name)
+    study = open_study(space, storage=storage, study_name=study_name,
+                       identity=study_identity(space, data, metric))
     study.set_user_attr("selection_split", selection)
     experiment_id = parent_id = None
     if tracker is not None:
@@ -177,92 +280,172 @@ def run_study(
             "storage": storage, "study_name": study_name, "task": data.task.name,
             **(run_params or {})})
         study.set_user_attr("mlflow_parent_run_id", parent_id)
+    trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
+                             tracker=tracker, experiment_id=experiment_id, parent_id=parent_id,
+                             home=home, device=device)
 
-    def objective(trial: optuna.Trial) -> float:
-        if sum(n < trial.number for n in _counted(study)) >= budget:
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = len(_counted(study))
+        value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
+        reason = (f" ({trial.user_attrs['fail_reason']})"
+                  if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs else "")
+        best = ""
+        if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+            best = (f"; best {study.best_value:.4f} (trial {study.best_trial.number}: "
+                    f"{_params_text(study.best_trial.params)})")
+        log(f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value}{reason} "
+            f"({_params_text(trial.params)}){best}")
+
+    before = len(study.trials)
+    closed: set[int] = set()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by `report`
+    # One trial at a time, counting the other workers' running trials too, so that workers
+    # sharing a study stop together at its budget (a trial past it is not run). A trial whose
+    # worker died or was interrupted is failed and run again in its place.
+    try:
+        while True:
+            _recover(study, tracker, closed, log)
+            if len(_counted(study)) >= budget:
+                break
+            study.optimize(trial_run, n_trials=1, catch=(Exception,), callbacks=[report])
+    except BaseException as err:
+        if tracker is not None and parent_id is not None and is_interruption(err):
+            tracker.stop_run(parent_id, "KILLED")
+        raise
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if tracker is not None:
+        tracker.end_study(parent_id, study)
+    mine = [t for t in study.trials[before:] if t.user_attrs.get("owner") == trial_run.owner]
+    if mine and all(t.state == TrialState.FAIL for t in mine) and not study.get_trials(
+            deepcopy=False, states=[TrialState.COMPLETE]):
+        first = mine[0].user_attrs.get("fail_reason", "no reason recorded")
+        raise StudyFailed(f"every trial of study {study_name!r} failed ({len(mine)} of them; "
+                          f"the first: {first}): fix the cause and run the same command again")
+    return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)
+
+
+class _TrialRunner:
+    """The objective: one trial trained on the shared model, reported to Optuna and MLflow."""
+
+    def __init__(self, base: BaseModel, data: TaskData, space: SearchSpace, *, metric: str,
+                 budget: int, study: optuna.Study, tracker, experiment_id: str | None,
+                 parent_id: str | None, home: str | os.PathLike[str], device: str) -> None:
+        self.base, self.data, self.space, self.metric = base, data, space, metric
+        self.budget, self.study, self.tracker = budget, study, tracker
+        self.experiment_id, self.parent_id = experiment_id, parent_id
+        self.home, self.device = home, device
+        self.owner = owner()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("owner", self.owner)
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as err:  # recorded as FAIL with its reason; the study goes on
+            interrupted = is_interruption(err)
+            reason = (f"{INTERRUPTED} by {_signal_name(err)}" if interrupted
+                      else f"{type(err).__name__}: {err}")
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", reason)
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if self.tracker is not None and run_id is not None:
+                self.tracker.end_trial(run_id, "FAIL", reason=reason,
+                                       status="KILLED" if interrupted else "FAILED")
+            if interrupted:  # a KeyboardInterrupt, so that Optuna ends the trial FAIL
+                raise Interrupted(_signal_name(err)) from err
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        if sum(n < trial.number for n in _counted(self.study)) >= self.budget:
             # another worker took the last place first
-            trial.set_user_attr("fail_reason", f"{OVER_BUDGET} of {budget}: not run")
-            raise TrialFailed(f"{OVER_BUDGET} of {budget}")
-        values = {name: _suggest(trial, name, d) for name, d in space.distributions.items()}
-        config = space.config_for(values)
-        worker = f"{socket.gethostname()}:{os.getpid()}"
-        run_id = (tracker.trial_run(experiment_id, parent_id, trial.number, config, values,
-                                    worker=worker) if tracker is not None else None)
-        trial.set_user_attr("worker", worker)
+            trial.set_user_attr("fail_reason", f"{OVER_BUDGET} of {self.budget}: not run")
+            raise TrialFailed(f"{OVER_BUDGET} of {self.budget}")
+        values = {name: _suggest(trial, name, d) for name, d in self.space.distributions.items()}
+        config = self.space.config_for(values)
+        tracker, run_id = self.tracker, None
+        if tracker is not None:
+            run_id = tracker.trial_run(self.experiment_id, self.parent_id, trial.number, config,
+                                       values, worker=self.owner)
+            trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", self.owner)
         trial.set_user_attr("method", config.method)
         trial.set_user_attr("config", dataclasses.asdict(config))
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
         seen = 0
+        selection = self.data.selection_split
 
         def on_evaluation(evaluation: Evaluation) -> bool:
             nonlocal seen
             seen += 1
             if tracker is not None:
                 tracker.log_evaluation(run_id, evaluation, int(time.time() * 1000))
-            trial.report(evaluation.metrics[selection][metric], step=seen)
+            trial.report(evaluation.metrics[selection][self.metric], step=seen)
             return trial.should_prune()
 
-        try:
-            result = train(base, data, config, callback=on_evaluation, device=device,
-                           progress=False)
-            if result.status == "diverged":
-                raise TrialFailed(result.message)
-        except Exception as err:  # recorded as FAIL with its reason; the study goes on
-            reason = f"{type(err).__name__}: {err}"
-            trial.set_user_attr("fail_reason", reason)
-            if tracker is not None:
-                tracker.end_trial(run_id, "FAIL", reason=reason)
-            raise
+        result = train(self.base, self.data, config, callback=on_evaluation,
+                       device=self.device, progress=False)
+        if result.status == "diverged":
+            raise TrialFailed(result.message)
         state = "PRUNED" if result.status == "stopped" else "COMPLETE"
-        value = _value(result, selection, metric)
+        value = _value(result, selection, self.metric)
         trial.set_user_attr("trainable_params", result.trainable_params)
         trial.set_user_attr("train_time_s", result.train_time_s)
         trial.set_user_attr("eval_time_s", result.eval_time_s)
         if tracker is not None and run_id is not None:
-            _finish_tracked(tracker, run_id, state, result, base, data, config.method, home)
+            _finish_tracked(tracker, run_id, state, result, self.base, self.data, config.method,
+                            self.home)
         if state == "PRUNED":
             raise optuna.TrialPruned(f"pruned at evaluation {seen}")
         return value
 
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
-        best = ""
-        if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
-            best = (f"; best {study.best_value:.4f} (trial {study.best_trial.number}: "
-                    f"{_params_text(study.best_trial.params)})")
-        log(f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value} "
-            f"({_params_text(trial.params)}){best}")
-
-    before = len(study.trials)
-    closed: set[int] = set()
-    # One trial at a time, counting the other workers' running trials too, so that workers
-    # sharing a study stop together at its budget (a trial past it is not run). A trial whose
-    # worker died is failed once its heartbeat is stale, and run again in its place.
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        if tracker is not None:
-            _close_stale_runs(study, tracker, closed)
-        if len(_counted(study)) >= budget:
-            break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
-    if tracker is not None:
-        tracker.end_study(parent_id, study)
-    return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)
-
 
 def _counted(study: optuna.Study) -> list[int]:
     """Numbers of the trials that spend the budget: finished or running, less the trials that
-    were failed for a stale heartbeat and retried (the retry counts) and those not run."""
+    were interrupted or whose worker died (their retry counts instead) and those not run."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     return [t.number for t in trials
             if t.state in (*FINISHED, TrialState.RUNNING)
-            and not (t.state == TrialState.FAIL and t.number in retried)
+            and not (t.state == TrialState.FAIL and (
+                t.number in retried
+                or str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)))
             and not str(t.user_attrs.get("fail_reason", "")).startswith(OVER_BUDGET)]
+
+
+def _recover(study: optuna.Study, tracker, closed: set[int],
+             log: Callable[[str], None]) -> None:
+    """Fail the trials whose process is gone (stale heartbeat on a server; a dead pid on this
+    host, which SQLite needs as it has no heartbeats), close their MLflow runs, and queue every
+    interrupted trial's parameters to run again first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        recorded = trial.user_attrs.get("owner")
+        if not recorded or owner_alive(recorded) is not False:
+            continue
+        reason = f"{INTERRUPTED}: its process ({recorded}) is gone"
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process recovered it first, or it just finished
+        log(f"trial #{trial.number} was left RUNNING by a process that is gone: failed "
+            "and queued to run again")
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if tracker is not None and run_id:
+            tracker.end_trial(run_id, "FAIL", reason=reason, status="KILLED")
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs.get("retry_of") for t in trials}
+    for trial in trials:
+        if (trial.state == TrialState.FAIL and trial.number not in queued
+                and str(trial.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)):
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    if tracker is not None:
+        _close_stale_runs(study, tracker, closed)
 
 
 def _close_stale_runs(study: optuna.Study, tracker, closed: set[int]) -> None:
@@ -291,7 +474,8 @@ def _value(result: TrainResult, split: str, metric: str) -> float:
 
 def _finish_tracked(tracker, run_id: str, state: str, result: TrainResult, base: BaseModel,
                     data: TaskData, method: str, home: str | os.PathLike[str]) -> None:
-    if method == "full":  # a whole checkpoint, not a bias artifact: metrics only
+    if method == "full" or result.status != "completed":
+        # a whole checkpoint is not a bias artifact, and a pruned run is not a usable model
         tracker.end_trial(run_id, state, result=result)
         return
     Path(home).mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ parameters, Optuna's plots and a Parquet table of all trials. Runs are addressed
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -16,24 +17,28 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bitfit.services import mask_url, store_lock
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
+__all__ = ["Tracker", "default_tracking_uri", "mask_url", "ui_command"]
+
 STUDY_TAG = "bitfit.study"
+# Runs are found by a digest of the user's name, never by a filter string holding the name:
+# a quote in a study name must not find or join another study's runs.
+STUDY_KEY_TAG = "bitfit.study_key"
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs, tags and printed output)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+def _key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def default_tracking_uri(home: str | os.PathLike[str]) -> str:
@@ -55,8 +60,10 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, *, home: str | os.PathLike[str]) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self._artifacts = (Path(home).resolve() / "mlartifacts").as_uri()
+        with store_lock(tracking_uri):  # the first use of a SQLite store migrates its schema
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.client.search_experiments(max_results=1)
 
     def experiment(self, name: str) -> str:
         """The id of the named experiment, created (artifacts under the run home) if new."""
@@ -78,18 +85,24 @@ class Tracker:
         Workers that start together may each create one; they then all keep the earliest and
         delete their own, so every worker's children end up under one parent.
         """
-        query = f"tags.`{STUDY_TAG}` = '{study_name}'"
-        found = self.client.search_runs([experiment_id], filter_string=query, max_results=1,
-                                        order_by=["attributes.start_time ASC"])
+        query = f"tags.`{STUDY_KEY_TAG}` = '{_key(study_name)}'"
+
+        def ours() -> list:
+            runs = self.client.search_runs([experiment_id], filter_string=query,
+                                           max_results=100)
+            return sorted((r for r in runs if r.data.tags.get(STUDY_TAG) == study_name),
+                          key=lambda r: (r.info.start_time, r.info.run_id))
+
+        found = ours()
         if found:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         run = self.client.create_run(experiment_id, run_name=f"search {study_name}",
-                                     tags={STUDY_TAG: study_name, "bitfit.kind": "search"})
+                                     tags={STUDY_TAG: study_name, STUDY_KEY_TAG: _key(study_name),
+                                           "bitfit.kind": "search"})
         mine = run.info.run_id
         self.client.log_batch(mine, params=[Param(k, _short(v)) for k, v in params.items()])
-        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=100)
-        first = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        first = ours()[0].info.run_id
         if first != mine:
             self.client.delete_run(mine)
         return first
@@ -115,8 +128,12 @@ class Tracker:
         self.client.log_batch(run_id, metrics=metrics)
 
     def end_trial(self, run_id: str, state: str, *, result: TrainResult | None = None,
-                  artifact_dir: str | os.PathLike[str] | None = None, reason: str = "") -> None:
-        """Close a trial's run: state tag (COMPLETE, PRUNED, FAIL), summary and artifact."""
+                  artifact_dir: str | os.PathLike[str] | None = None, reason: str = "",
+                  status: str | None = None) -> None:
+        """Close a trial's run: state tag (COMPLETE, PRUNED, FAIL), summary and artifact.
+
+        ``status``: the MLflow run status (default FAILED for FAIL, else FINISHED; KILLED for
+        an interrupted trial)."""
         tags = [RunTag("state", state)] + ([RunTag("fail_reason", reason[:5000])]
                                            if reason else [])
         metrics = []
@@ -131,14 +148,19 @@ class Tracker:
                        **{f"train_{k}": v for k, v in result.train_metrics.items()}}
             if result.best is not None:
                 summary["best_value"] = result.best.main
-            metrics = [Metric(k, float(v), 0, 0) for k, v in summary.items()]
+            metrics = [Metric(k, float(v), _now_ms(), 0) for k, v in summary.items()]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, str(artifact_dir), artifact_path="bias_artifact")
-        self.client.set_terminated(run_id, status="FAILED" if state == "FAIL" else "FINISHED")
+        self.client.set_terminated(run_id, status=status or (
+            "FAILED" if state == "FAIL" else "FINISHED"))
 
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
+
+    def stop_run(self, run_id: str, status: str = "KILLED") -> None:
+        """End a run that an interruption cut short (a study's or an evaluation's parent)."""
+        self.client.set_terminated(run_id, status=status)
 
     def end_study(self, parent_id: str, study) -> None:
         """Best value and parameters, Optuna's plots and the trials table on the parent run."""
@@ -147,7 +169,8 @@ class Tracker:
         complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
         if complete:
             best = study.best_trial
-            self.client.log_batch(parent_id, metrics=[Metric("best_value", best.value, 0, 0)],
+            self.client.log_batch(parent_id,
+                                  metrics=[Metric("best_value", best.value, _now_ms(), 0)],
                                   tags=[RunTag("best_trial", str(best.number))] +
                                   [RunTag(f"best.{k}", _short(v)) for k, v in
                                    best.params.items()])
@@ -189,7 +212,7 @@ class Tracker:
                  "artifact_bytes": seed_run.artifact_bytes,
                  "time_per_epoch_s": seed_run.time_per_epoch_s,
                  "peak_memory_mb": seed_run.peak_memory_mb}
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), _now_ms(), 0)
                                                for k, v in final.items()])
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, artifact_dir, artifact_path="bias_artifact")
@@ -197,7 +220,7 @@ class Tracker:
 
     def end_evaluation(self, parent_id: str, folder: Path, metrics: dict[str, float]) -> None:
         """The comparison table (Markdown, Parquet), plots and test on the parent run."""
-        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), _now_ms(), 0)
                                                   for k, v in metrics.items()
                                                   if v == v])  # NaN: no test possible
         for name in ("report.md", "comparison.parquet", "runs.json", "dev_per_seed.png",
@@ -213,11 +236,21 @@ class Tracker:
 
 def _plots(study, folder: Path) -> None:
     import matplotlib
+    import optuna
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is no news here
+    try:
+        _plot_all(study, folder, vis, plt)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _plot_all(study, folder: Path, vis, plt) -> None:
     for name, plot in (("optimization_history", vis.plot_optimization_history),
                        ("param_importances", vis.plot_param_importances),
                        ("slice", vis.plot_slice)):
