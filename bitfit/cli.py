@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -66,16 +67,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--home", default=None, help="run home for the cache and artifacts "
                    f"(default: ${HOME_ENV} or ./runs)")
-    p.add_argument("--out", default=None, help="artifact folder (default: under the run home)")
+    p.add_argument("--out", default=None, help="artifact folder (default: under the run home); "
+                   "refused if it exists and is not empty, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the artifact into an existing, non-empty --out folder, replacing "
+                   "the artifact there")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
+# Flags that count something, and their least value: caught here, before anything loads.
+_AT_LEAST = {"epochs": 1, "batch_size": 1, "max_train_samples": 1, "max_length": 8,
+             "eval_every": 1, "seed": 0}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible numbers and a used ``--out`` before the model or the data load.
+
+    Raises:
+        ValueError: a number out of range.
+        FileExistsError: ``--out`` holds files and ``--overwrite`` was not given.
+    """
+    for name, least in _AT_LEAST.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number of {least} or "
+                             f"more, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a number above 0 (e.g. 1e-3), got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file, not a folder: pass a folder")
+        if any(out.iterdir()) and not args.overwrite:
+            raise FileExistsError(f"--out {out} already exists and is not empty: pass "
+                                  f"--overwrite to replace the artifact in it, or choose a new "
+                                  f"folder")
+
+
 def _train(args: argparse.Namespace) -> dict[str, object]:
     from transformers.utils import logging as hf_logging
 
-    from bitfit.artifacts import save_artifact
+    from bitfit.artifacts import save_artifact, unique_folder
     from bitfit.data import prepare
     from bitfit.models import load_base
     from bitfit.tasks import custom_task, load_task
@@ -104,19 +140,22 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
     result = train(base, data, config, device=args.device,
                    progress=not args.no_progress and not args.json and sys.stderr.isatty())
     subset = f"-{config.subset}" if config.method in ("bitfit", "rand") else ""
-    out = Path(args.out) if args.out else home / "artifacts" / (
-        f"{data.task.name}-{config.method}{subset}-seed{config.seed}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}")
-    artifact = save_artifact(result, base, data.task, out,
-                             extra={"data": {"source": data.source,
-                                             "max_length": args.max_length,
-                                             "max_train_samples": args.max_train_samples,
-                                             "validation_fraction": args.validation_fraction,
-                                             "train_examples": len(data.train)}})
+    artifact = None
+    if result.status == "completed":  # a diverged run's tensors are of no use to anyone
+        # a folder of its own: two runs in the same second never share one
+        out = Path(args.out) if args.out else unique_folder(
+            home / "artifacts", f"{data.task.name}-{config.method}{subset}-seed{config.seed}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}")
+        artifact = save_artifact(result, base, data.task, out,
+                                 extra={"data": {"source": data.source,
+                                                 "max_length": args.max_length,
+                                                 "max_train_samples": args.max_train_samples,
+                                                 "validation_fraction": args.validation_fraction,
+                                                 "train_examples": len(data.train)}})
     return {"task": data.task.name, "model": base.model_id, "pooling": base.pooling,
             "method": config.method, "subset": config.subset if subset else None,
             "main_metric": data.task.main_metric, "selection_split": data.selection_split,
-            **result.summary(), "artifact": str(artifact)}
+            **result.summary(), "artifact": str(artifact) if artifact else None}
 
 
 def _print_human(summary: dict) -> None:
@@ -131,8 +170,6 @@ def _print_human(summary: dict) -> None:
                           for split, m in e["metrics"].items())
         print(f"epoch {e['epoch']:.2f} (step {e['step']}, train loss {e['train_loss']:.4f}): "
               f"{parts}")
-    if summary["status"] != "completed":
-        print(f"run {summary['status']}: {summary['message']}")
     best = summary["best_metrics"]
     if best:
         print(f"best ({summary['selection_split']} {metric}, step {summary['best_step']}): " +
@@ -142,18 +179,31 @@ def _print_human(summary: dict) -> None:
                                           for k, v in summary["train_metrics"].items()))
     print(f"{summary['examples_per_second']:.1f} examples/s, {summary['wall_time_s']:.1f} s, "
           f"peak memory {summary['peak_memory_mb']:.0f} MB")
-    print(f"artifact: {summary['artifact']}")
+    if summary["artifact"]:
+        print(f"artifact: {summary['artifact']}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bitfit.entry import quiet_environment, run_command
+
+    quiet_environment()
     args = _parser().parse_args(argv)
-    try:
-        summary = _train(args)
-    except (ValueError, OSError) as err:  # users' mistakes: one sentence, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print_human(summary)
-    return 0 if summary["status"] != "diverged" else 1
+    shown: dict = {}
+
+    def work() -> dict[str, object]:
+        _check_args(args)
+        return _train(args)
+
+    def show(summary: dict) -> None:
+        shown.update(summary)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            _print_human(summary)
+
+    code = run_command(work, show=show)
+    if code == 0 and shown["status"] != "completed":
+        print(f"error: the run {shown['status']} and wrote no artifact: {shown['message']}",
+              file=sys.stderr)
+        return 1
+    return code

@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is ours
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+from bitfit.entry import positive, quiet_environment, run_command
+
+quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
 
 from prefect import flow, task  # noqa: E402
@@ -37,9 +35,10 @@ def run_evaluation(base, data, *, storage: str, bitfit_study: str, full_study: s
     from bitfit.compare import best_config, compare
     from bitfit.tracking import Tracker
 
-    configs = {"bitfit": best_config(storage, bitfit_study)}
+    configs = {"bitfit": best_config(storage, bitfit_study, method="bitfit",
+                                     task=data.task.name)}
     if full_study:
-        configs["full"] = best_config(storage, full_study)
+        configs["full"] = best_config(storage, full_study, method="full", task=data.task.name)
     for method in extra_methods:
         if method not in EXTRA_METHODS:
             raise ValueError(f"extra method {method!r} is not one of {', '.join(EXTRA_METHODS)}")
@@ -65,21 +64,47 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
 
     ``processes``: runs trained at once (default: one per core on a CPU, up to 4; 1: one after
     another)."""
-    from bitfit.study import default_storage
-    from bitfit.tracking import default_tracking_uri
+    from bitfit.services import refuse_secrets
 
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    storage, tracking_uri = check_request(
+        task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
+        extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
+        home=home)
     base = load_model(model)
     data = prepare_data(base, task, data_dir=data_dir, max_length=max_length,
                         max_train_samples=max_train_samples, validation_fraction=None,
                         home=home)
-    return run_evaluation(base, data, storage=storage or default_storage(home),
+    return run_evaluation(base, data, storage=storage,
                           bitfit_study=bitfit_study, full_study=full_study, seeds=seeds,
                           extra_methods=tuple(extra_methods),
-                          tracking_uri=tracking_uri or default_tracking_uri(home), home=home,
+                          tracking_uri=tracking_uri, home=home,
                           name=f"{bitfit_study}-vs-{full_study or 'none'}-s{seeds}",
                           processes=processes)
+
+
+def check_request(*, task: str, seeds: int, processes: int | None,
+                  max_train_samples: int | None, extra_methods: tuple[str, ...],
+                  storage: str | None, tracking_uri: str | None, home: str) -> tuple[str, str]:
+    """The checks that need no model or data; the storage URL and tracking URI to use,
+    without secrets."""
+    from bitfit.services import check_storage, check_tracking, move_secrets
+    from bitfit.study import default_storage
+    from bitfit.tasks import load_task
+    from bitfit.tracking import default_tracking_uri
+
+    positive(seeds=seeds, processes=processes, max_train_samples=max_train_samples)
+    for method in extra_methods:
+        if method not in EXTRA_METHODS:
+            raise ValueError(f"extra method {method!r} is not one of "
+                             f"{', '.join(EXTRA_METHODS)}")
+    load_task(task)
+    storage, tracking_uri = move_secrets(storage or default_storage(home),
+                                         tracking_uri or default_tracking_uri(home))
+    assert storage is not None and tracking_uri is not None
+    check_storage(storage)
+    check_tracking(tracking_uri)
+    return storage, tracking_uri
 
 
 def print_report(summary: dict) -> None:
@@ -93,7 +118,7 @@ def print_report(summary: dict) -> None:
         print(summary["recipe"])
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="cola")
     parser.add_argument("--bitfit-study", required=True)
@@ -109,14 +134,25 @@ if __name__ == "__main__":
     parser.add_argument("--processes", type=int, default=None, help="runs trained at once "
                         "(default: one per core on a CPU, up to 4)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    result = evaluate(task=args.task, bitfit_study=args.bitfit_study, full_study=args.full_study,
-                      storage=args.storage, seeds=args.seeds,
-                      extra_methods=tuple(args.extra_methods), model=args.model,
-                      data_dir=args.data_dir, max_train_samples=args.max_train_samples,
-                      tracking_uri=args.tracking_uri, home=args.home,
-                      processes=args.processes)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_report(result)
+    args = parser.parse_args(argv)
+
+    def work() -> dict:
+        from bitfit.services import check_prefect_api
+
+        storage, tracking_uri = check_request(
+            task=args.task, seeds=args.seeds, processes=args.processes,
+            max_train_samples=args.max_train_samples, extra_methods=tuple(args.extra_methods),
+            storage=args.storage, tracking_uri=args.tracking_uri, home=args.home)
+        check_prefect_api()
+        return evaluate(task=args.task, bitfit_study=args.bitfit_study,
+                        full_study=args.full_study, storage=storage, seeds=args.seeds,
+                        extra_methods=tuple(args.extra_methods), model=args.model,
+                        data_dir=args.data_dir, max_train_samples=args.max_train_samples,
+                        tracking_uri=tracking_uri, home=args.home, processes=args.processes)
+
+    return run_command(work, show=lambda r: print(json.dumps(r)) if args.json
+                       else print_report(r))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is ours
+from bitfit.entry import positive, quiet_environment, run_command
+
+quiet_environment()  # before Prefect reads its settings
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -61,7 +61,7 @@ def prepare(task: str = "cola", model: str | None = None, data_dir: str | None =
             **{split: len(enc) for split, enc in data.evals.items()}, "source": data.source}
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tokenise a task's splits into the cache.")
     parser.add_argument("--task", default="cola")
     parser.add_argument("--model", default=None)
@@ -69,7 +69,21 @@ if __name__ == "__main__":
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--home", default=str(home_dir()))
-    args = parser.parse_args()
-    print(json.dumps(prepare(task=args.task, model=args.model, data_dir=args.data_dir,
-                             max_length=args.max_length,
-                             max_train_samples=args.max_train_samples, home=args.home)))
+    args = parser.parse_args(argv)
+
+    def work() -> dict:
+        from bitfit.tasks import load_task
+
+        positive(max_train_samples=args.max_train_samples)
+        if args.max_length < 8:
+            raise ValueError(f"--max-length must be at least 8 tokens, got {args.max_length}")
+        load_task(args.task)
+        return prepare(task=args.task, model=args.model, data_dir=args.data_dir,
+                       max_length=args.max_length, max_train_samples=args.max_train_samples,
+                       home=args.home)
+
+    return run_command(work, show=lambda r: print(json.dumps(r)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

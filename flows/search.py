@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is ours
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+from bitfit.entry import positive, quiet_environment, run_command
+
+quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from bitfit.cli import home_dir  # noqa: E402
-from evaluate import print_report, run_evaluation  # noqa: E402
+from evaluate import EXTRA_METHODS, print_report, run_evaluation  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
 
 QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
@@ -40,13 +38,10 @@ WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 def run_search(base, data, *, space: str, n_trials: int | None, storage: str,
                tracking_uri: str, study_name: str, home: str, run_params: dict) -> dict:
     """Run (or resume) the study and record it in MLflow; returns the summary."""
-    import optuna
-
     from bitfit.space import load_space
     from bitfit.study import run_study
     from bitfit.tracking import Tracker
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
                         home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
                         run_params=run_params, log=lambda line: print(line, file=sys.stderr))
@@ -81,7 +76,7 @@ def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
     from bitfit.tracking import mask_url
 
     if workers < 1:
-        raise ValueError(f"workers must be 1 or more, got {workers}")
+        raise ValueError(f"--workers must be a whole number of 1 or more, got {workers}")
     if workers == 1:
         return
     if storage.startswith("sqlite:"):
@@ -138,6 +133,64 @@ def run_workers(workers: int, parameters: dict, *, deployment: str = WORKER_DEPL
         raise RuntimeError(
             f"worker runs did not complete ({'; '.join(failed)}): their logs are on the Prefect "
             "server; the study keeps every finished trial, and the same command resumes it")
+
+
+def check_request(*, task: str, space: str, baseline: bool, baseline_space: str,
+                  baseline_study: str | None, n_trials: int | None, seeds: int, workers: int,
+                  threads: int | None, eval_processes: int | None,
+                  max_train_samples: int | None, select_on: str, storage: str | None,
+                  tracking_uri: str | None, home: str,
+                  extra_methods: tuple[str, ...]) -> tuple[str, str]:
+    """Everything about a request that can be checked before any model or data is loaded:
+    counts, the task, the spaces and their objective, the home, and the stores (each must
+    answer within seconds). Returns the storage URL and tracking URI to use, without secrets."""
+    from bitfit.services import check_storage, check_tracking, move_secrets
+    from bitfit.space import check_metric, load_space
+    from bitfit.study import default_storage
+    from bitfit.tasks import load_task
+    from bitfit.tracking import default_tracking_uri
+
+    positive(n_trials=n_trials, workers=workers, threads=threads,
+             eval_processes=eval_processes, max_train_samples=max_train_samples)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+        raise ValueError(f"--seeds must be a whole number, 0 (stop after the studies) or more, "
+                         f"got {seeds!r}")
+    if select_on not in ("heldout", "dev"):
+        raise ValueError(f"--select-on must be heldout or dev, got {select_on!r}")
+    for method in extra_methods:
+        if method not in EXTRA_METHODS:
+            raise ValueError(f"extra method {method!r} is not one of "
+                             f"{', '.join(EXTRA_METHODS)}")
+    glue_task = load_task(task)
+    parsed = load_space(space)
+    check_metric(parsed, glue_task)
+    if seeds > 0 and parsed.method != "bitfit":
+        raise ValueError(f"--space {space} searches method {parsed.method!r}, and the final "
+                         "evaluation compares the first study as BitFit: give a BitFit space, "
+                         "or --seeds 0 to run the study alone")
+    if baseline and not baseline_study:
+        full = load_space(baseline_space)
+        check_metric(full, glue_task)
+        if full.method != "full":
+            raise ValueError(f"--baseline-space {baseline_space} searches method "
+                             f"{full.method!r}, not full fine-tuning: give a space with "
+                             "'method: full' (the shipped full_ft), or --no-baseline")
+    try:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot use --home {str(home)!r} ({err.strerror}): choose a folder "
+                      "you can write to") from None
+    storage, tracking_uri = move_secrets(storage or default_storage(home),
+                                         tracking_uri or default_tracking_uri(home))
+    assert storage is not None and tracking_uri is not None
+    check_workers(workers, storage, tracking_uri)
+    check_storage(storage)
+    check_tracking(tracking_uri)
+    if baseline and baseline_study and seeds > 0:
+        from bitfit.compare import best_config
+
+        best_config(storage, baseline_study, method="full", task=glue_task.name)
+    return storage, tracking_uri
 
 
 @task(cache_policy=NO_CACHE)
@@ -198,18 +251,20 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
     """One worker of a study: load the model once, then run trials until the study's budget
     is spent, together with every other worker on the same storage. ``threads``: CPU threads
     for training (default: torch's, one per core)."""
+    from bitfit.services import refuse_secrets
     from bitfit.space import load_space
 
+    refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    storage, tracking_uri = check_request(
+        task=task, space=space, baseline=False, baseline_space="", baseline_study=None,
+        n_trials=n_trials, seeds=0, workers=1, threads=threads, eval_processes=None,
+        max_train_samples=max_train_samples, select_on=select_on, storage=storage,
+        tracking_uri=tracking_uri, home=home, extra_methods=())
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from bitfit.study import default_storage
-    from bitfit.tracking import default_tracking_uri
-
     parsed = load_space(space)
-    storage = storage or default_storage(home)
-    tracking_uri = tracking_uri or default_tracking_uri(home)
     study_name = study_name or _study_name(task, parsed.name, max_train_samples
                                            or parsed.max_train_samples, select_on)
     base = load_model(model)
@@ -249,19 +304,20 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
     the workers have machines of their own). ``eval_processes``: final runs trained at once
     (default: one per core on a CPU, up to 4).
     """
+    from bitfit.services import refuse_secrets
     from bitfit.space import load_space
-    from bitfit.study import default_storage
-    from bitfit.tracking import default_tracking_uri
 
-    if select_on not in ("heldout", "dev"):
-        raise ValueError(f"select_on must be 'heldout' or 'dev', got {select_on!r}")
+    refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     if quick:
         space, baseline_space = QUICK["space"], QUICK["baseline_space"]
-    parsed = load_space(space)  # a bad file fails before any work
+    storage, tracking_uri = check_request(
+        task=task, space=space, baseline=baseline, baseline_space=baseline_space,
+        baseline_study=baseline_study, n_trials=n_trials, seeds=seeds, workers=workers,
+        threads=threads, eval_processes=eval_processes, max_train_samples=max_train_samples,
+        select_on=select_on, storage=storage, tracking_uri=tracking_uri, home=home,
+        extra_methods=tuple(extra_methods))
+    parsed = load_space(space)  # a bad file failed above, before any work
     samples = max_train_samples or parsed.max_train_samples
-    storage = storage or default_storage(home)
-    tracking_uri = tracking_uri or default_tracking_uri(home)
-    check_workers(workers, storage, tracking_uri)
     if threads:
         import torch
 
@@ -367,26 +423,31 @@ def main(argv: list[str] | None = None) -> int:
                         "at once (default: one per core on a CPU, up to 4; 1: one after another)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    for name in ("prefect", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        summary = search(task=args.task, model=args.model, data_dir=args.data_dir,
-                         space=args.space, n_trials=args.n_trials, storage=args.storage,
-                         tracking_uri=args.tracking_uri, study_name=args.study_name,
-                         max_train_samples=args.max_train_samples, select_on=args.select_on,
-                         home=args.home, baseline=not args.no_baseline,
-                         baseline_space=args.baseline_space, baseline_study=args.baseline_study,
-                         seeds=args.seeds, extra_methods=tuple(args.extra_methods),
-                         workers=args.workers, quick=args.quick, threads=args.threads,
-                         eval_processes=args.eval_processes)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print(summary)
-    return 0
+    request = dict(
+        task=args.task, model=args.model, data_dir=args.data_dir, space=args.space,
+        n_trials=args.n_trials, storage=args.storage, tracking_uri=args.tracking_uri,
+        study_name=args.study_name, max_train_samples=args.max_train_samples,
+        select_on=args.select_on, home=args.home, baseline=not args.no_baseline,
+        baseline_space=args.baseline_space, baseline_study=args.baseline_study,
+        seeds=args.seeds, extra_methods=tuple(args.extra_methods), workers=args.workers,
+        quick=args.quick, threads=args.threads, eval_processes=args.eval_processes)
+
+    def work() -> dict:
+        from bitfit.services import check_prefect_api
+
+        # Checked here, before Prefect starts: a mistake costs no server start, and the
+        # passwords never reach the flow run's parameters.
+        spaces = QUICK if args.quick else {"space": args.space,
+                                           "baseline_space": args.baseline_space}
+        storage, tracking_uri = check_request(
+            **{k: request[k] for k in ("task", "baseline", "baseline_study", "n_trials",
+                                       "seeds", "workers", "threads", "eval_processes",
+                                       "max_train_samples", "select_on", "storage",
+                                       "tracking_uri", "home", "extra_methods")}, **spaces)
+        check_prefect_api()
+        return search(**{**request, "storage": storage, "tracking_uri": tracking_uri})
+
+    return run_command(work, show=lambda s: print(json.dumps(s)) if args.json else _print(s))
 
 
 if __name__ == "__main__":

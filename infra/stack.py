@@ -58,8 +58,12 @@ def _http_ok(url: str) -> bool:
 class Stack:
     """PostgreSQL + MLflow server + Prefect server on loopback; a context manager."""
 
-    def __init__(self, *, prefect: bool = True, mlflow: bool = True) -> None:
+    def __init__(self, *, prefect: bool = True, mlflow: bool = True,
+                 password: str | None = None) -> None:
+        """``password``: PostgreSQL asks for it (scram) instead of trusting loopback; the
+        servers here get it as PGPASSWORD, and so must every client."""
         self.want_prefect, self.want_mlflow = prefect, mlflow
+        self.password = password
         self.root = Path(tempfile.mkdtemp(prefix="bitfit-stack-"))
         self.pg_port = free_port()
         self.mlflow_port = free_port()
@@ -122,8 +126,15 @@ class Stack:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
             shutil.chown(data, "postgres")
+        auth = ["--auth=trust"]
+        if self.password is not None:
+            secret = self.root / "pwfile"
+            secret.write_text(self.password + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(secret, "postgres")
+            auth = ["--auth=scram-sha-256", f"--pwfile={secret}"]
         subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "bitfit",
-                                     "--auth=trust", "-E", "UTF8"]),
+                                     *auth, "-E", "UTF8"]),
                        check=True, capture_output=True)
         process = self._spawn(_as_postgres([str(PG_BIN / "postgres"), "-D", str(data), "-h",
                                             "127.0.0.1", "-p", str(self.pg_port), "-k",
@@ -133,7 +144,12 @@ class Stack:
               "PostgreSQL", 30, process)
         for name in DATABASES:
             subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port),
-                            "-U", "bitfit", name], check=True, capture_output=True)
+                            "-U", "bitfit", name], check=True, capture_output=True,
+                           env={**os.environ, **self.pg_env()})
+
+    def pg_env(self) -> dict[str, str]:
+        """What a PostgreSQL client of this stack needs in its environment."""
+        return {} if self.password is None else {"PGPASSWORD": self.password}
 
     def _start_mlflow(self) -> None:
         artifacts = self.root / "mlartifacts"
@@ -142,7 +158,7 @@ class Stack:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
              self.db_url("mlflow"), "--artifacts-destination", str(artifacts), "--host",
              "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
-            "mlflow.log", {"MLFLOW_DISABLE_TELEMETRY": "true"})
+            "mlflow.log", {"MLFLOW_DISABLE_TELEMETRY": "true", **self.pg_env()})
         _wait(lambda: _http_ok(f"{self.mlflow_uri}/health"), "the MLflow server", 120, process)
 
     def _start_prefect(self) -> None:
@@ -152,7 +168,8 @@ class Stack:
             "prefect.log",
             {"PREFECT_API_DATABASE_CONNECTION_URL": self.db_url("prefect",
                                                                "postgresql+asyncpg"),
-             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"})
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+             **self.pg_env()})
         _wait(lambda: _http_ok(f"{self.prefect_api}/health"), "the Prefect server", 120, process)
 
     def stop(self) -> None:

@@ -72,5 +72,5 @@ def test_several_workers_need_a_prefect_server():
     with temporary_settings(updates={PREFECT_API_URL: None}), \
             pytest.raises(ValueError, match="no Prefect server is configured"):
         search.check_workers(2, "postgresql://u@h/db", "http://127.0.0.1:5000")
-    with pytest.raises(ValueError, match="workers must be 1 or more, got 0"):
+    with pytest.raises(ValueError, match="--workers must be a whole number of 1 or more, got 0"):
         search.check_workers(0, "postgresql://u@h/db", "http://127.0.0.1:5000")

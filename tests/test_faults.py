@@ -1,0 +1,215 @@
+"""Faults a real run meets: a signal mid-trial and the same command again, two processes on one
+home, stores that do not answer, and a password that must land in no store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "infra"))
+from stack import PG_BIN, Stack  # noqa: E402
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           **extra}
+    for key in ("MLFLOW_TRACKING_URI", "BITFIT_OPTUNA_STORAGE", "PREFECT_API_URL"):
+        if key not in extra:
+            env.pop(key, None)
+    return env
+
+
+def _search(glue_dir, home: Path, *args: str, env: dict[str, str] | None = None):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
+         str(glue_dir), "--space", "quick", "--no-baseline", "--seeds", "0", "--home", str(home),
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env or _env(), cwd=home)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for_running_trial(home: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.3)
+        try:
+            with sqlite3.connect(home / "optuna.db") as db:
+                if db.execute("SELECT count(*) FROM trials t JOIN trial_user_attributes a "
+                              "USING (trial_id) WHERE t.state = 'RUNNING' AND a.key = "
+                              "'mlflow_run_id'").fetchone()[0]:
+                    time.sleep(1.5)  # well into the training loop
+                    return
+        except sqlite3.Error:
+            continue  # not created yet
+    raise AssertionError(f"no trial started: {process.communicate()[1][-3000:]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_it(
+        sig, glue_dir, tmp_path):
+    args = ("--n-trials", "2", "--max-train-samples", "500", "--study-name", "cut")
+    first = _search(glue_dir, tmp_path, *args)
+    _wait_for_running_trial(tmp_path, first)
+    helpers = _descendants(first.pid)
+    started = time.monotonic()
+    first.send_signal(sig)
+    if sig == signal.SIGKILL:
+        first.wait(timeout=60)
+        for pid in helpers:  # the orphans a SIGKILL leaves (holding our pipes): not kept
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    out, err = first.communicate(timeout=60)
+    took = time.monotonic() - started
+
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
+    if sig != signal.SIGKILL:  # a SIGKILL leaves no chance to clean up: the next run does
+        assert first.returncode == 128 + sig and took < 15, (first.returncode, took)
+        assert [line for line in err.splitlines() if "error:" in line] == [
+            f"error: interrupted by {sig.name}: finished trials and runs are kept; the trial it "
+            "hit runs again first when you run the same command"], err[-3000:]
+        assert "Traceback" not in err
+        assert helpers and not [p for p in helpers if _alive(p)]  # Prefect's server stopped
+        cut = study.get_trials(states=[TrialState.FAIL])
+        assert [t.user_attrs["fail_reason"] for t in cut] == [f"interrupted by {sig.name}"]
+    else:  # no chance to clean up: the next run recovers the trial
+        cut = study.get_trials(states=[TrialState.RUNNING])
+    assert len(cut) == 1
+
+    second = _search(glue_dir, tmp_path, *args)
+    out, err = second.communicate(timeout=600)
+
+    assert second.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = {t.number: t for t in study.trials}
+    lost = trials[cut[0].number]
+    assert lost.state == TrialState.FAIL
+    assert lost.user_attrs["fail_reason"].startswith("interrupted")
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == lost.number]
+    assert len(retry) == 1 and retry[0].params == lost.params
+    assert retry[0].number == lost.number + 1  # run first, before anything new
+    assert len([t for t in study.trials if t.state in FINISHED]) == 2  # the budget is kept
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cola").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.data.tags.get("trial_number") == str(lost.number)]
+    assert [r.info.status for r in killed] == ["KILLED"]
+    assert killed[0].data.tags["fail_reason"].startswith("interrupted")
+
+
+def test_two_processes_on_one_new_home_share_a_study_without_repeating_draws(glue_dir,
+                                                                             tmp_path):
+    runs = [_search(glue_dir, tmp_path, "--n-trials", "4", "--max-train-samples", "200",
+                    "--study-name", "shared") for _ in range(2)]
+    results = [r.communicate(timeout=600) for r in runs]
+
+    assert [r.returncode for r in runs] == [0, 0], [err[-6000:] for _, err in results]
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/optuna.db")
+    ran = [t for t in study.trials if t.state in FINISHED]
+    assert len(ran) == 4, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    assert len({tuple(sorted(t.params.items())) for t in ran}) == 4
+    assert len({t.user_attrs["owner"] for t in study.trials}) == 2  # both took part
+    assert all("over the study's budget" in t.user_attrs.get("fail_reason", "")
+               for t in study.trials if t.state == TrialState.FAIL)
+
+
+def test_two_processes_on_one_new_home_with_different_studies_both_finish(glue_dir, tmp_path):
+    runs = [_search(glue_dir, tmp_path, "--n-trials", "1", "--max-train-samples", "200",
+                    "--study-name", name) for name in ("a", "b")]
+    results = [r.communicate(timeout=600) for r in runs]
+
+    assert [r.returncode for r in runs] == [0, 0], [err[-3000:] for _, err in results]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parents = client.search_runs([client.get_experiment_by_name("cola").experiment_id],
+                                 filter_string="tags.`bitfit.kind` = 'search'")
+    assert sorted(r.data.tags["bitfit.study"] for r in parents) == ["a", "b"]
+
+
+@pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="PostgreSQL is not installed")
+def test_a_planted_password_lands_in_no_store_log_or_file(glue_dir, tmp_path):
+    secret = "pl4nted-S3cret"
+    prefect_home = tmp_path / "prefect"
+    home = tmp_path / "home"
+    home.mkdir()
+    with Stack(prefect=False, password=secret) as stack:
+        storage = stack.optuna_storage.replace("bitfit@", f"bitfit:{secret}@")
+        tracking = stack.mlflow_uri.replace("http://", f"http://bitfit:{secret}@")
+        process = _search(glue_dir, home, "--n-trials", "1", "--max-train-samples", "200",
+                          "--seeds", "1", "--eval-processes", "1", "--storage", storage,
+                          "--tracking-uri", tracking,
+                          env=_env(PREFECT_HOME=str(prefect_home)))
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        dumps = [subprocess.run([str(PG_BIN / "pg_dump"), "-h", "127.0.0.1", "-p",
+                                 str(stack.pg_port), "-U", "bitfit", db], check=True,
+                                capture_output=True, env={**os.environ, **stack.pg_env()}
+                                ).stdout for db in ("optuna", "mlflow")]
+        server_files = [p for p in stack.root.rglob("*") if p.is_file() and "pg" not in
+                        p.relative_to(stack.root).parts[:1] and p.name != "pwfile"]
+        stored = [(str(p), p.read_bytes()) for p in server_files]
+
+    assert b"trial_params" in dumps[0] and b"latest_metrics" in dumps[1]  # the data is there
+    files = [p for p in [*home.rglob("*"), *prefect_home.rglob("*")] if p.is_file()]
+    assert any(p.name == "prefect.db" for p in files)
+    places = [("stdout", out.encode()), ("stderr", err.encode()),
+              ("optuna dump", dumps[0]), ("mlflow dump", dumps[1]), *stored,
+              *[(str(p), p.read_bytes()) for p in files]]
+    assert len(places) > 10
+    leaks = [name for name, data in places if secret.encode() in data]
+    assert leaks == []
+
+
+def test_an_unanswering_database_or_tracking_server_fails_in_seconds(glue_dir, tmp_path):
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        for flag, value, what in (
+                ("--storage", f"postgresql://u@127.0.0.1:{port}/db", "Optuna storage"),
+                ("--tracking-uri", f"http://127.0.0.1:{port}", "MLflow tracking server")):
+            started = time.monotonic()
+            process = _search(glue_dir, tmp_path, flag, value)
+            out, err = process.communicate(timeout=120)
+            took = time.monotonic() - started
+
+            assert process.returncode == 2 and took < 15, (took, err[-2000:])
+            assert f"error: cannot reach the {what}" in err and "Traceback" not in err
