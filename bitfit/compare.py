@@ -230,6 +230,7 @@ def _start_worker(model_id: str, pooling: str, weights_hash: str, data: TaskData
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     base = load_base(model_id, pooling=pooling)
     if base.weights_hash != weights_hash:
         raise RuntimeError(f"model {model_id!r} loaded in a worker process has other weights "

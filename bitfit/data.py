@@ -475,7 +475,14 @@ def carve_validation(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
     stratify = None if task.is_regression else train["label"]
-    kept, held = train_test_split(train, test_size=fraction, random_state=seed, stratify=stratify)
+    try:
+        kept, held = train_test_split(train, test_size=fraction, random_state=seed,
+                                      stratify=stratify)
+    except ValueError as err:  # too few rows (or rows of a class) to carve a stratified split
+        raise ValueError(
+            f"cannot carve a {fraction:.0%} validation split from {len(train)} training "
+            f"examples of task {task.name!r} ({err}): train on more examples "
+            "(--max-train-samples) or select on dev (--select-on dev)") from None
     return kept.reset_index(drop=True), held.reset_index(drop=True)
 
 
@@ -554,7 +561,10 @@ def encode(
         ]).encode()).hexdigest()[:24]
         path = Path(cache_dir) / f"{task.name}-{key}.parquet"
         if path.is_file():
-            return _from_table(pq.read_table(path))
+            try:
+                return _from_table(pq.read_table(path))
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache file: tokenise again and replace it
     texts = [frame[c].tolist() for c in task.text_columns]
     out = tokenizer(*texts, truncation=True, max_length=max_length)
     columns = {

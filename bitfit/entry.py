@@ -76,7 +76,7 @@ def run_command(work: Callable[[], Any], *, show: Callable[[Any], None]) -> int:
     except BaseException as err:
         if is_interruption(err):
             print(f"error: interrupted by {signal_name(err)}: finished trials and runs are "
-                  "kept; the trial it hit runs again first when you run the same command",
+                  "kept; run the same command to resume (an interrupted trial runs again first)",
                   file=sys.stderr)
             return exit_code(err)
         if not isinstance(err, Exception):

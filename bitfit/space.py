@@ -165,10 +165,10 @@ class SearchSpace:
         return TrainConfig(method=method, **settings)
 
     def make_sampler(self, *, resumed_trials: int = 0) -> optuna.samplers.BaseSampler:
-        """The sampler; a resumed study's seed is moved on by its trial count, so that the
-        sampler does not draw the first trials' values again."""
+        """The sampler, its seed moved on by ``resumed_trials`` (the study makes one per trial,
+        moved on by the trial's number), so that no two trials draw alike."""
         options = {k: v for k, v in self.sampler.items() if k != "name"}
-        if options.get("seed") is not None and self.sampler["name"] != "grid":
+        if options.get("seed") is not None:
             options["seed"] += resumed_trials
         if self.sampler["name"] == "grid":
             grid = {k: list(d.choices) for k, d in self.distributions.items()
@@ -208,6 +208,10 @@ def check_metric(space: SearchSpace, task: Task) -> str:
             metrics it has).
     """
     metric = task.main_metric if space.metric == "main" else space.metric
+    if space.direction != "maximize":  # every metric here is better when higher
+        raise SpaceError(
+            f"search space {space.name!r} asks to {space.direction} {metric!r}, and a higher "
+            f"{metric} is better for task {task.name!r}: set objective.direction to maximize")
     if metric not in task.metrics:
         raise SpaceError(
             f"search space {space.name!r} optimises objective.metric {space.metric!r}, which "

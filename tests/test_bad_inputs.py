@@ -33,6 +33,8 @@ SPACES = {
     "seed_text": "params:\n  learning_rate: {type: float, low: 1e-4, high: 1e-2}\n"
                  "sampler: {name: tpe, seed: zero}\n",
     "trials_zero": "n_trials: 0\nparams:\n  learning_rate: {type: float, low: 1e-4, high: 1e-2}\n",
+    "minimize": "params:\n  learning_rate: {type: float, low: 1e-4, high: 1e-2}\n"
+                "objective: {direction: minimize}\n",
     "pooler_only": "n_trials: 2\nmax_train_samples: 200\ntrain: {epochs: 1}\nparams:\n"
                    "  learning_rate: {type: float, low: 1e-3, high: 1e-2, log: true}\n"
                    "  subset: {type: categorical, choices: [pooler]}\n",
@@ -136,6 +138,7 @@ CASES = [
     ("search", [*SEARCH, "--space", "{spaces}/bad_subset.yaml"], "qkv"),
     ("search", [*SEARCH, "--space", "{spaces}/seed_text.yaml"], "zero"),
     ("search", [*SEARCH, "--space", "{spaces}/trials_zero.yaml"], "n_trials"),
+    ("search", [*SEARCH, "--space", "{spaces}/minimize.yaml"], "maximize"),
     ("search", [*SEARCH, "--seeds", "2", "--space", "{spaces}/full_method.yaml"],
      "searches method 'full'"),
     ("search", ["--task", "cola", "--home", "{home}", "--seeds", "0", "--baseline-space",
@@ -162,6 +165,7 @@ CASES = [
     ("search", ["--task", "sst2", "--data-dir", "{badglue}", "--home", "{home}",
                 "--no-baseline", "--seeds", "0"], "SST-2/train.tsv"),
     ("search", [*SEARCH, "--model", "{root}/no-model"], "no-model"),
+    ("search", [*SEARCH, "--max-train-samples", "5"], "cannot carve a 10% validation split"),
     ("search", [*SEARCH, "--model", "bert-base-cased"], "bert-base-cased"),
     # a study resumed with other settings
     ("search", [*SEARCH, "--study-name", "done", "--space", "{spaces}/other_lr.yaml"],

@@ -105,6 +105,19 @@ def test_tokenised_splits_are_cached_and_reused_without_tokenising(base, glue_di
     assert first.lengths.max() == 64 and longer.lengths.max() > 64
 
 
+def test_a_damaged_cache_file_is_tokenised_again_not_an_error(base, glue_dir, tmp_path):
+    task, frames = load_splits(load_task("rte"), data_dir=glue_dir)
+    first = encode(task, frames["validation"], base.tokenizer, max_length=64, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.parquet")
+    cached.write_bytes(cached.read_bytes()[:100])  # a write cut short
+
+    again = encode(task, frames["validation"], base.tokenizer, max_length=64, cache_dir=tmp_path)
+
+    assert np.array_equal(first.ids, again.ids) and np.array_equal(first.labels, again.labels)
+    assert encode(task, frames["validation"], base.tokenizer, max_length=64,
+                  cache_dir=tmp_path).ids.tolist() == first.ids.tolist()  # repaired on disk
+
+
 def test_carved_validation_is_seeded_stratified_and_disjoint(glue_dir):
     task, frames = load_splits(load_task("cola"), data_dir=glue_dir)
     train = frames["train"].assign(row=range(len(frames["train"])))

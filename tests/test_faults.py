@@ -103,8 +103,8 @@ def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_i
     if sig != signal.SIGKILL:  # a SIGKILL leaves no chance to clean up: the next run does
         assert first.returncode == 128 + sig and took < 15, (first.returncode, took)
         assert [line for line in err.splitlines() if "error:" in line] == [
-            f"error: interrupted by {sig.name}: finished trials and runs are kept; the trial it "
-            "hit runs again first when you run the same command"], err[-3000:]
+            f"error: interrupted by {sig.name}: finished trials and runs are kept; run the same "
+            "command to resume (an interrupted trial runs again first)"], err[-3000:]
         assert "Traceback" not in err
         assert helpers and not [p for p in helpers if _alive(p)]  # Prefect's server stopped
         cut = study.get_trials(states=[TrialState.FAIL])
