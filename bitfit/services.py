@@ -105,6 +105,12 @@ def move_secrets(storage: str | None, tracking_uri: str | None) -> tuple[str | N
     return storage, tracking_uri
 
 
+def secrets_from_environment() -> None:
+    """A password in ``$BITFIT_OPTUNA_STORAGE`` or ``$MLFLOW_TRACKING_URI`` reaches the client
+    libraries even where a flow is handed the same URL without it (a study worker)."""
+    move_secrets(os.environ.get("BITFIT_OPTUNA_STORAGE"), os.environ.get("MLFLOW_TRACKING_URI"))
+
+
 def refuse_secrets(**urls: str | None) -> None:
     """Refuse a URL with a password where it has already become a flow parameter."""
     for name, url in urls.items():

@@ -88,7 +88,8 @@ def check_request(*, task: str, seeds: int, processes: int | None,
                   storage: str | None, tracking_uri: str | None, home: str) -> tuple[str, str]:
     """The checks that need no model or data; the storage URL and tracking URI to use,
     without secrets."""
-    from bitfit.services import check_storage, check_tracking, move_secrets
+    from bitfit.services import (check_storage, check_tracking, move_secrets,
+                                 secrets_from_environment)
     from bitfit.study import default_storage
     from bitfit.tasks import load_task
     from bitfit.tracking import default_tracking_uri
@@ -99,6 +100,7 @@ def check_request(*, task: str, seeds: int, processes: int | None,
             raise ValueError(f"extra method {method!r} is not one of "
                              f"{', '.join(EXTRA_METHODS)}")
     load_task(task)
+    secrets_from_environment()
     storage, tracking_uri = move_secrets(storage or default_storage(home),
                                          tracking_uri or default_tracking_uri(home))
     assert storage is not None and tracking_uri is not None

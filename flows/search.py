@@ -144,7 +144,8 @@ def check_request(*, task: str, space: str, baseline: bool, baseline_space: str,
     """Everything about a request that can be checked before any model or data is loaded:
     counts, the task, the spaces and their objective, the home, and the stores (each must
     answer within seconds). Returns the storage URL and tracking URI to use, without secrets."""
-    from bitfit.services import check_storage, check_tracking, move_secrets
+    from bitfit.services import (check_storage, check_tracking, move_secrets,
+                                 secrets_from_environment)
     from bitfit.space import check_metric, load_space
     from bitfit.study import default_storage
     from bitfit.tasks import load_task
@@ -180,6 +181,7 @@ def check_request(*, task: str, space: str, baseline: bool, baseline_space: str,
     except OSError as err:
         raise OSError(f"cannot use --home {str(home)!r} ({err.strerror}): choose a folder "
                       "you can write to") from None
+    secrets_from_environment()
     storage, tracking_uri = move_secrets(storage or default_storage(home),
                                          tracking_uri or default_tracking_uri(home))
     assert storage is not None and tracking_uri is not None
