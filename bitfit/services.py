@@ -226,6 +226,9 @@ def _reason(err: BaseException) -> str:
     original = getattr(err, "orig", None) or err
     lines = [ln.strip() for ln in str(original).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("(Background", "[SQL", "http"))]
+    failed = [ln.rsplit("failed:", 1)[1].strip() for ln in useful if "failed:" in ln]
+    if failed:  # libpq: 'connection to server at "h", port p failed: Connection refused'
+        return failed[0].rstrip(".")
     return (useful[-1] if useful else type(original).__name__).rstrip(".")
 
 
