@@ -3,9 +3,9 @@ forward pass on the bundled MiniLM, one fixed batch of 32 x 64 tokens; peak memo
 
     python benchmarks/step_time.py [--reps 20] [--warmup 3]
 
-The step replicates ``bitfit.train.train``'s per-step code (the batch already collated); each
-mode has its own encoder copy and the modes run in rotating rounds, so machine noise hits all
-alike. Peak memory: a process per mode.
+A training step is the library's own ``bitfit.train.train_step`` (the batch already collated);
+each mode has its own encoder copy and the modes run in rotating rounds, so machine noise hits
+all alike. Peak memory: a process per mode.
 ``wall_s`` and ``other_cpu_s`` cover the timed rounds: other_cpu_s well above 0 means other
 processes competed for the cores and the times are not to be trusted.
 """
@@ -23,14 +23,13 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from _common import DATA_DIR, Run, emit, log, median_ms
 from transformers import get_linear_schedule_with_warmup
 
 from bitfit.data import load_splits
 from bitfit.models import BaseModel, load_base
 from bitfit.tasks import load_task
-from bitfit.train import TrainConfig, trainable_tensors
+from bitfit.train import TrainConfig, train_step, trainable_tensors
 
 CONFIGS: dict[str, TrainConfig | None] = {  # None: inference forward pass
     "full": TrainConfig(method="full", learning_rate=2e-5, precision="fp32"),  # a full-FT lr
@@ -87,20 +86,14 @@ def make_step(base: BaseModel, mode: str, batch: dict) -> Callable[[], None]:
         [{"params": decay, "weight_decay": config.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, 100, 100_000)
-    bf16 = config.precision == "bf16"
+    params = list(trained.values())
     model.train()
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**inputs)
-        loss = F.cross_entropy(logits, batch["labels"])
-        if not math.isfinite(float(loss.detach())):
+        loss = train_step(model, batch, optimizer, scheduler, params=params,
+                          max_grad_norm=config.max_grad_norm, precision=config.precision)
+        if not math.isfinite(loss):
             raise RuntimeError(f"{mode}: loss diverged")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(trained.values()), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
     return step
 
 

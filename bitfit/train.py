@@ -3,6 +3,8 @@
 AdamW with linear warmup and decay, gradient clipping, evaluation each epoch (or every N steps),
 best-evaluation tracking and a callback per evaluation that may ask to stop. The loop knows nothing
 of Optuna or MLflow: a search prunes through the callback, a tracker logs through it.
+``configure_optimizer`` and ``train_step`` are its optimiser set-up and its step, for a loop of
+one's own (``benchmarks/step_time.py`` times the step).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -249,6 +253,24 @@ def _loss(task_is_regression: bool, logits: torch.Tensor, labels: torch.Tensor) 
     return F.cross_entropy(logits, labels)
 
 
+@dataclass
+class _LoopState:
+    """What the training loop accumulates: counters, timings, evaluations, the best one's tensors
+    and how the run ended."""
+
+    step: int = 0
+    seen: int = 0
+    loss_sum: float = 0.0  # training loss since the last evaluation
+    loss_n: int = 0
+    train_time: float = 0.0
+    eval_time: float = 0.0
+    evaluations: list[Evaluation] = field(default_factory=list)
+    best: Evaluation | None = None
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    status: str = "completed"
+    message: str = ""
+
+
 def train(
     base: BaseModel,
     data: TaskData,
@@ -278,132 +300,236 @@ def train(
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
     reset_peak_memory(dev)
-    names, mask = trainable_tensors(base, config)
-    torch.manual_seed(config.seed)
-    model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
-    base.remember(names)
-    model.to(dev)
-    params = dict(model.encoder.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-    hooks = []
-    masks = {} if mask is None else {n: m.to(dev) for n, m in mask.masks.items()}
-    for n, m in masks.items():
-        # Only the chosen scalars get a gradient; with no weight decay on these tensors AdamW
-        # then leaves every other scalar bit-identical.
-        hooks.append(params[n].register_hook(lambda g, m=m: g * m))
-    trained = {f"encoder.{n}": params[n] for n in names}
-    trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
-    decay = [p for n, p in trained.items()
-             if p.dim() >= 2 and n.removeprefix("encoder.") not in masks]
-    no_decay = [p for p in trained.values() if all(p is not d for d in decay)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate, fused=dev.type in ("cpu", "cuda"),
-    )
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    model, trained, masks = _prepare_model(base, data, config, dev)
+    total_steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+    optimizer, scheduler, hooks = configure_optimizer(trained, masks, config,
+                                                      total_steps=total_steps, device=dev)
     pad_id = base.tokenizer.pad_token_id or 0
-    trainable_params = (sum(int(m.sum()) for m in masks.values()) if masks else
-                        sum(params[n].numel() for n in names))
-    trainable_params += sum(p.numel() for p in model.head.parameters())
-    total_params = sum(p.numel() for p in model.parameters())
-
-    evaluations: list[Evaluation] = []
-    best: Evaluation | None = None
-    best_state: dict[str, torch.Tensor] = {}
-    status, message = "completed", ""
-    step, seen, train_time, eval_time, loss_sum, loss_n = 0, 0, 0.0, 0.0, 0.0, 0
     bar = tqdm(total=total_steps, disable=not progress, leave=False, mininterval=0.5,
                desc=f"{data.task.name} {config.method}")
-
-    def run_evaluation(epoch: float) -> bool:
-        nonlocal best, best_state, loss_sum, loss_n, eval_time
-        tick = time.perf_counter()
-        metrics = evaluate(model, data, batch_size=config.eval_batch_size, pad_id=pad_id,
-                           device=dev, precision=precision)
-        main = metrics[data.selection_split][data.task.main_metric]
-        evaluation = Evaluation(step, epoch, metrics, loss_sum / max(loss_n, 1), main)
-        loss_sum, loss_n = 0.0, 0
-        evaluations.append(evaluation)
-        if best is None or main > best.main or not config.select_best:
-            best = evaluation
-            best_state = {n: p.detach().clone() for n, p in trained.items()}
-        bar.set_postfix({data.task.main_metric: f"{main:.4f}"})
-        eval_time += time.perf_counter() - tick
-        return bool(callback(evaluation)) if callback is not None else False
-
-    model.train()
     try:
-        for epoch in range(config.epochs):
-            stop = False
-            batches = train_batches(data.train, config.batch_size, seed=config.seed,
-                                    epoch=epoch, group_by_length=config.group_by_length)
-            tick = time.perf_counter()
-            for rows in batches:
-                batch = {k: v.to(dev) for k, v in collate(data.train, rows, pad_id=pad_id).items()}
-                labels = batch.pop("labels")
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    logits = model(**batch)
-                loss = _loss(data.task.is_regression, logits, labels)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    status = "diverged"
-                    message = (f"loss became {value} at step {step + 1} (epoch {epoch + 1}): "
-                               f"lower the learning rate (now {config.learning_rate:g})")
-                    stop = True
-                    break
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(trained.values()), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                seen += len(rows)
-                loss_sum, loss_n = loss_sum + value, loss_n + 1
-                bar.update(1)
-                if config.eval_every and step % config.eval_every == 0:
-                    train_time += time.perf_counter() - tick
-                    stop = run_evaluation(step / steps_per_epoch)
-                    tick = time.perf_counter()
-                    if stop:
-                        status = "stopped"
-                        break
-            else:
-                train_time += time.perf_counter() - tick
-                if not config.eval_every or step % config.eval_every:
-                    stop = run_evaluation(float(epoch + 1))
-                    status = "stopped" if stop else status
-            if stop:
-                break
+        state = _train_loop(model, data, config, trained, optimizer, scheduler, callback=callback,
+                            pad_id=pad_id, device=dev, precision=precision, bar=bar)
     finally:
         bar.close()
         for h in hooks:
             h.remove()
 
     with torch.no_grad():
-        for n, tensor in best_state.items():
+        for n, tensor in state.best_state.items():
             trained[n].copy_(tensor)
     tick = time.perf_counter()
     train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
-                                   precision=precision) if best else {}
-    eval_time += time.perf_counter() - tick
+                                   precision=precision) if state.best else {}
+    state.eval_time += time.perf_counter() - tick
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainResult(
-        status=status, config=config, precision=precision, evaluations=evaluations, best=best,
-        train_metrics=train_metrics,
-        trained={n: v.cpu() for n, v in best_state.items()},
+        status=state.status, config=config, precision=precision,
+        evaluations=state.evaluations, best=state.best, train_metrics=train_metrics,
+        trained={n: v.cpu() for n, v in state.best_state.items()},
         rand_masks={f"encoder.{n}": m.cpu() for n, m in masks.items()},
-        trainable_params=trainable_params, total_params=total_params,
-        wall_time_s=time.perf_counter() - started, train_time_s=train_time,
-        examples_per_second=seen / train_time if train_time else 0.0,
-        peak_memory_mb=peak_memory_mb(dev), eval_time_s=eval_time, message=message,
+        trainable_params=_count_trainable(trained, masks),
+        total_params=sum(p.numel() for p in model.parameters()),
+        wall_time_s=time.perf_counter() - started, train_time_s=state.train_time,
+        examples_per_second=state.seen / state.train_time if state.train_time else 0.0,
+        peak_memory_mb=peak_memory_mb(dev), eval_time_s=state.eval_time, message=state.message,
         extra={"model": model},
     )
+
+
+def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device: torch.device
+                   ) -> tuple[TextClassifier, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The classifier on ``device`` with the method's tensors trainable; those tensors by name in
+    the classifier (``encoder.…``, ``head.…``), and rand's masks on ``device`` (else empty)."""
+    names, mask = trainable_tensors(base, config)
+    torch.manual_seed(config.seed)  # dropout draws from the global generator
+    model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
+    base.remember(names)
+    model.to(device)
+    params = dict(model.encoder.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+    trained: dict[str, torch.Tensor] = {f"encoder.{n}": params[n] for n in names}
+    trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+    masks = {} if mask is None else {n: m.to(device) for n, m in mask.masks.items()}
+    return model, trained, masks
+
+
+def _count_trainable(trained: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> int:
+    if not masks:
+        return sum(p.numel() for p in trained.values())
+    # rand trains only the masked scalars of its encoder tensors
+    head = sum(p.numel() for n, p in trained.items() if n.startswith("head."))
+    return sum(int(m.sum()) for m in masks.values()) + head
+
+
+def configure_optimizer(
+    trained: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    config: TrainConfig,
+    *,
+    total_steps: int,
+    device: torch.device,
+) -> tuple[torch.optim.AdamW, LambdaLR, list[RemovableHandle]]:
+    """AdamW over the trained tensors with linear warmup and decay to 0 over ``total_steps``.
+
+    Weight decay applies to matrices only, and not to rand's masked ones. For rand, gradient hooks
+    mask each tensor's gradient; the caller removes them (``handle.remove()``) when it is done.
+
+    Args:
+        trained: the trained tensors by name in the classifier (``encoder.…``, ``head.…``).
+        masks: rand's 0/1 masks by encoder tensor name, on the tensors' device; empty otherwise.
+        config: learning rate, weight decay and warmup ratio.
+        total_steps: optimiser steps of the whole run.
+        device: where the tensors are (AdamW's fused kernels exist for CPU and CUDA).
+    """
+    hooks = []
+    for n, m in masks.items():
+        # Only the chosen scalars get a gradient; with no weight decay on these tensors AdamW
+        # then leaves every other scalar bit-identical.
+        hooks.append(trained[f"encoder.{n}"].register_hook(lambda g, m=m: g * m))
+    decay = [p for n, p in trained.items()
+             if p.dim() >= 2 and n.removeprefix("encoder.") not in masks]
+    no_decay = [p for p in trained.values() if all(p is not d for d in decay)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate, fused=device.type in ("cpu", "cuda"),
+    )
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler, hooks
+
+
+def train_step(
+    model: TextClassifier,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    *,
+    params: list[torch.Tensor],
+    max_grad_norm: float,
+    precision: str = "fp32",
+    regression: bool = False,
+) -> float:
+    """One training step on one batch: forward, loss, backward, gradient clipping, then the
+    optimiser and scheduler step.
+
+    A NaN or infinite loss is returned before the backward pass, so nothing is updated and the
+    caller decides what to do (``train`` ends the run as "diverged").
+
+    Args:
+        model: the classifier, in training mode.
+        batch: collated inputs and ``labels``, on the model's device.
+        optimizer, scheduler: as ``configure_optimizer`` makes them.
+        params: the trained tensors, in one fixed order; their gradients are clipped together.
+        max_grad_norm: the gradient norm they are clipped to.
+        precision: ``bf16`` runs the forward pass under bf16 autocast; ``fp32`` does not.
+        regression: mean squared error on the single output, else cross-entropy.
+
+    Returns:
+        The batch's loss.
+    """
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # Autocast on the device the batch is on: a device passed separately could disagree and
+    # silently turn bf16 off.
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(**inputs)
+    loss = _loss(regression, logits, labels)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return value
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def _train_loop(
+    model: TextClassifier,
+    data: TaskData,
+    config: TrainConfig,
+    trained: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    *,
+    callback: Callback | None,
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    bar: tqdm,
+) -> _LoopState:
+    """Every epoch's steps, an evaluation every ``eval_every`` steps and at each epoch's end,
+    until the epochs are done, the loss diverges or the callback stops the run."""
+    state = _LoopState()
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    params = list(trained.values())
+    model.train()
+    for epoch in range(config.epochs):
+        batches = train_batches(data.train, config.batch_size, seed=config.seed, epoch=epoch,
+                                group_by_length=config.group_by_length)
+        tick = time.perf_counter()
+        for i, rows in enumerate(batches, 1):
+            batch = {k: v.to(device) for k, v in collate(data.train, rows, pad_id=pad_id).items()}
+            loss = train_step(model, batch, optimizer, scheduler, params=params,
+                              max_grad_norm=config.max_grad_norm, precision=precision,
+                              regression=data.task.is_regression)
+            if not math.isfinite(loss):
+                state.status = "diverged"
+                state.message = (f"loss became {loss} at step {state.step + 1} (epoch {epoch + 1})"
+                                 f": lower the learning rate (now {config.learning_rate:g})")
+                return state
+            state.step += 1
+            state.seen += len(rows)
+            state.loss_sum, state.loss_n = state.loss_sum + loss, state.loss_n + 1
+            bar.update(1)
+            epoch_end = i == len(batches)
+            if not epoch_end and not (config.eval_every and state.step % config.eval_every == 0):
+                continue
+            state.train_time += time.perf_counter() - tick
+            evaluation = _evaluate_and_keep_best(
+                state, model, data, config, trained, pad_id=pad_id, device=device,
+                precision=precision,
+                epoch=float(epoch + 1) if epoch_end else state.step / steps_per_epoch)
+            bar.set_postfix({data.task.main_metric: f"{evaluation.main:.4f}"})
+            if callback is not None and callback(evaluation):
+                state.status = "stopped"
+                return state
+            tick = time.perf_counter()
+    return state
+
+
+def _evaluate_and_keep_best(
+    state: _LoopState,
+    model: TextClassifier,
+    data: TaskData,
+    config: TrainConfig,
+    trained: dict[str, torch.Tensor],
+    *,
+    epoch: float,
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+) -> Evaluation:
+    """Evaluate now, record it in ``state`` and keep the trained tensors if it is the best (or
+    the latest, without ``select_best``)."""
+    tick = time.perf_counter()
+    metrics = evaluate(model, data, batch_size=config.eval_batch_size, pad_id=pad_id,
+                       device=device, precision=precision)
+    main = metrics[data.selection_split][data.task.main_metric]
+    evaluation = Evaluation(state.step, epoch, metrics, state.loss_sum / max(state.loss_n, 1),
+                            main)
+    state.loss_sum, state.loss_n = 0.0, 0
+    state.evaluations.append(evaluation)
+    if state.best is None or main > state.best.main or not config.select_best:
+        state.best = evaluation
+        state.best_state = {n: p.detach().clone() for n, p in trained.items()}
+    state.eval_time += time.perf_counter() - tick
+    return evaluation
 
 
 def _train_metrics(model: TextClassifier, data: TaskData, config: TrainConfig, *, pad_id: int,

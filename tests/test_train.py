@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from bitfit.biases import select_biases
-from bitfit.train import TrainConfig, resolve_precision, train
+from bitfit.data import collate
+from bitfit.train import (TrainConfig, configure_optimizer, resolve_precision, train, train_step,
+                          trainable_tensors)
 
 
 def _pristine(base):
@@ -120,6 +123,28 @@ def test_bitfit_learns_sst2_from_a_small_sample(base, sst2_small):
 
     assert result.best_metrics["validation"]["accuracy"] > 0.7
     assert 0.001 < result.trainable_fraction < 0.002  # about 0.1% of the parameters
+
+
+def test_train_step_lowers_the_loss_and_moves_only_the_trained_tensors(base, cola_small):
+    config = TrainConfig(subset="qm2", learning_rate=1e-2, warmup_ratio=0.0)
+    names, _ = trainable_tensors(base, config)
+    model = base.classifier(2, seed=0, dropout=0.0)  # no dropout: the same batch, the same loss
+    base.remember(names)  # later runs restore these encoder tensors
+    params = dict(model.named_parameters())
+    trained = {f"encoder.{n}": params[f"encoder.{n}"].requires_grad_(True) for n in names}
+    trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer, scheduler, _ = configure_optimizer(trained, {}, config, total_steps=100,
+                                                  device=torch.device("cpu"))
+    batch = collate(cola_small.train, np.arange(16), pad_id=base.tokenizer.pad_token_id or 0)
+    model.train()
+
+    losses = [train_step(model, batch, optimizer, scheduler, params=list(trained.values()),
+                         max_grad_norm=1.0) for _ in range(5)]
+
+    assert losses[-1] < losses[0]
+    changed = {n for n, p in params.items() if not torch.equal(p.detach(), before[n])}
+    assert changed == set(trained) and len(changed) == 12 + 2
 
 
 @pytest.mark.parametrize("field, value, message", [
