@@ -15,6 +15,7 @@ YAML 1.2, so ``1e-5`` is a float (YAML 1.1 would read it as a string).
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import os
 import re
@@ -22,6 +23,7 @@ import typing
 import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,21 @@ from bitfit.biases import METHODS, TERMS, parse_subset
 from bitfit.tasks import Task
 from bitfit.train import TrainConfig
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES_PACKAGE = "bitfit.search_spaces"  # the repository's search_spaces/, installed as data
+
+
+def _spaces_dir() -> Traversable:
+    """The folder of the shipped spaces: the package data of ``bitfit.search_spaces``."""
+    try:
+        return importlib.resources.files(SPACES_PACKAGE)
+    except ModuleNotFoundError:
+        # An editable install, or the checkout on sys.path: setuptools' editable finder cannot
+        # import a subpackage that has no __init__.py and lives outside its parent's folder
+        # (pypa/setuptools#4943), so read search_spaces/ next to the package's own folder.
+        return Path(str(importlib.resources.files("bitfit"))).resolve().parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 _TOP = {"method", "n_trials", "objective", "sampler", "pruner", "train", "params",
         "max_train_samples", "max_length"}
 _DISTRIBUTIONS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
@@ -225,10 +241,12 @@ def resolve_space_path(space: str | os.PathLike[str]) -> Path:
     path = Path(space)
     if path.is_file():
         return path
-    shipped = SPACES_DIR / f"{space}.yaml"
+    shipped = SPACES_DIR.joinpath(f"{space}.yaml")
     if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        return Path(str(shipped))  # a file on disk: pip unpacks wheels, never imports from zips
+    found = SPACES_DIR.iterdir() if SPACES_DIR.is_dir() else iter(())
+    names = ", ".join(sorted(p.name.removesuffix(".yaml") for p in found
+                             if p.name.endswith(".yaml")))
     raise FileNotFoundError(f"search space {str(space)!r} is neither a file nor a shipped space "
                             f"({names}): pass a YAML path or one of those names")
 
