@@ -8,12 +8,11 @@ study, each trained with several seeds on the whole training split and compared 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from bitfit.entry import positive, quiet_environment, run_command
+from bitfit.entry import quiet_environment, run_command
 
 quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
@@ -22,9 +21,9 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from bitfit.cli import home_dir  # noqa: E402
+from bitfit.pipeline import (EXTRA_METHODS, check_evaluation,  # noqa: E402
+                             evaluate_studies, evaluation_name, print_report)
 from prepare import load_model, prepare_data  # noqa: E402
-
-EXTRA_METHODS = ("frozen", "rand")
 
 
 @task(cache_policy=NO_CACHE)
@@ -32,25 +31,10 @@ def run_evaluation(base, data, *, storage: str, bitfit_study: str, full_study: s
                    seeds: int, extra_methods: tuple[str, ...], tracking_uri: str,
                    home: str, name: str, processes: int | None = None) -> dict:
     """Train each method's best configuration with each seed; the comparison report."""
-    from bitfit.compare import best_config, compare
-    from bitfit.tracking import Tracker
-
-    configs = {"bitfit": best_config(storage, bitfit_study, method="bitfit",
-                                     task=data.task.name)}
-    if full_study:
-        configs["full"] = best_config(storage, full_study, method="full", task=data.task.name)
-    for method in extra_methods:
-        if method not in EXTRA_METHODS:
-            raise ValueError(f"extra method {method!r} is not one of {', '.join(EXTRA_METHODS)}")
-        configs[method] = dataclasses.replace(configs["bitfit"], method=method)
-    comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
-                         tracker=Tracker(tracking_uri, home=home), processes=processes,
-                         log=lambda line: print(line, file=sys.stderr))
-    return {"table": comparison.markdown, "p_value": comparison.p_value,
-            "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
-            "evaluation_run_id": comparison.parent_run_id,
-            "best_artifact": comparison.best_artifact, "recipe": comparison.recipe(),
-            "runs": {f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs}}
+    return evaluate_studies(base, data, storage=storage, bitfit_study=bitfit_study,
+                            full_study=full_study, seeds=seeds, extra_methods=extra_methods,
+                            tracking_uri=tracking_uri, home=home, name=name,
+                            processes=processes)
 
 
 @flow(name="bitfit-evaluate")
@@ -67,7 +51,7 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
     from bitfit.services import refuse_secrets
 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    storage, tracking_uri = check_request(
+    storage, tracking_uri = check_evaluation(
         task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
         extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
         home=home)
@@ -79,45 +63,8 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
                           bitfit_study=bitfit_study, full_study=full_study, seeds=seeds,
                           extra_methods=tuple(extra_methods),
                           tracking_uri=tracking_uri, home=home,
-                          name=f"{bitfit_study}-vs-{full_study or 'none'}-s{seeds}",
+                          name=evaluation_name(bitfit_study, full_study, seeds),
                           processes=processes)
-
-
-def check_request(*, task: str, seeds: int, processes: int | None,
-                  max_train_samples: int | None, extra_methods: tuple[str, ...],
-                  storage: str | None, tracking_uri: str | None, home: str) -> tuple[str, str]:
-    """The checks that need no model or data; the storage URL and tracking URI to use,
-    without secrets."""
-    from bitfit.services import (check_storage, check_tracking, move_secrets,
-                                 secrets_from_environment)
-    from bitfit.study import default_storage
-    from bitfit.tasks import load_task
-    from bitfit.tracking import default_tracking_uri
-
-    positive(seeds=seeds, processes=processes, max_train_samples=max_train_samples)
-    for method in extra_methods:
-        if method not in EXTRA_METHODS:
-            raise ValueError(f"extra method {method!r} is not one of "
-                             f"{', '.join(EXTRA_METHODS)}")
-    load_task(task)
-    secrets_from_environment()
-    storage, tracking_uri = move_secrets(storage or default_storage(home),
-                                         tracking_uri or default_tracking_uri(home))
-    assert storage is not None and tracking_uri is not None
-    check_storage(storage)
-    check_tracking(tracking_uri)
-    return storage, tracking_uri
-
-
-def print_report(summary: dict) -> None:
-    print(summary["table"])
-    if summary["p_value"] == summary["p_value"]:  # not NaN
-        print(f"Welch's t-test, bitfit vs full: t = {summary['t_statistic']:.3f}, "
-              f"p = {summary['p_value']:.4f}")
-    print(f"report, table and plots: {summary['report']}")
-    if summary["best_artifact"]:
-        print(f"best BitFit seed's artifact: {summary['best_artifact']}; use it with:")
-        print(summary["recipe"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> dict:
         from bitfit.services import check_prefect_api
 
-        storage, tracking_uri = check_request(
+        storage, tracking_uri = check_evaluation(
             task=args.task, seeds=args.seeds, processes=args.processes,
             max_train_samples=args.max_train_samples, extra_methods=tuple(args.extra_methods),
             storage=args.storage, tracking_uri=args.tracking_uri, home=args.home)

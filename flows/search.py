@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from bitfit.entry import positive, quiet_environment, run_command
+from bitfit.entry import quiet_environment, run_command
 
 quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
@@ -27,10 +27,13 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from bitfit.cli import home_dir  # noqa: E402
-from evaluate import EXTRA_METHODS, print_report, run_evaluation  # noqa: E402
+from bitfit.pipeline import (QUICK, check_search, check_shared_stores,  # noqa: E402
+                             evaluation_name, print_summary, read_study_summary,
+                             search_study, study_data, trial_count)
+from bitfit.pipeline import study_name as default_study_name  # noqa: E402
+from evaluate import run_evaluation  # noqa: E402
 from prepare import load_model, prepare_data  # noqa: E402
 
-QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
 WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 
 
@@ -38,59 +41,25 @@ WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 def run_search(base, data, *, space: str, n_trials: int | None, storage: str,
                tracking_uri: str, study_name: str, home: str, run_params: dict) -> dict:
     """Run (or resume) the study and record it in MLflow; returns the summary."""
-    from bitfit.space import load_space
-    from bitfit.study import run_study
-    from bitfit.tracking import Tracker
-
-    outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
-                        home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
-                        run_params=run_params, log=lambda line: print(line, file=sys.stderr))
-    return _summary(outcome.study, outcome.experiment_id, outcome.ran, data, storage=storage,
-                    tracking_uri=tracking_uri, home=home)
+    return search_study(base, data, space=space, n_trials=n_trials, storage=storage,
+                        tracking_uri=tracking_uri, study_name=study_name, home=home,
+                        run_params=run_params)
 
 
-def _summary(study, experiment_id: str | None, ran: int, data, *, storage: str,
-             tracking_uri: str, home: str) -> dict:
-    from optuna.trial import TrialState
-
-    from bitfit.tracking import mask_url, ui_command
-
-    best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
-    return {
-        "study_name": study.study_name, "storage": mask_url(storage),
-        "tracking_uri": mask_url(tracking_uri), "experiment_id": experiment_id,
-        "mlflow_parent_run_id": study.user_attrs.get("mlflow_parent_run_id"),
-        "trials_run": ran, "trials": len(study.trials), "selection_split": data.selection_split,
-        "metric": data.task.main_metric,
-        "best_value": None if best is None else best.value,
-        "best_params": None if best is None else best.params,
-        "best_trial": None if best is None else best.number,
-        "mlflow_ui": ui_command(tracking_uri, home),
-    }
+@task(cache_policy=NO_CACHE)
+def make_study_data(base, task: str, space, *, data_dir: str | None,
+                    max_train_samples: int | None, select_on: str, home: str):
+    """The tokenised data a study searches on (from the cache when prepared before)."""
+    return study_data(base, task, space, data_dir=data_dir,
+                      max_train_samples=max_train_samples, select_on=select_on, home=home)
 
 
 def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
     """Several workers need stores that all of them reach, and a Prefect server to run on."""
     from prefect.settings import get_current_settings
 
-    from bitfit.tracking import mask_url
-
-    if workers < 1:
-        raise ValueError(f"--workers must be a whole number of 1 or more, got {workers}")
-    if workers == 1:
-        return
-    if storage.startswith("sqlite:"):
-        raise ValueError(
-            f"--workers {workers} needs an Optuna storage that every worker can reach and write "
-            f"to at once, and {mask_url(storage)} is a SQLite file: use PostgreSQL "
-            "(--storage postgresql://USER@HOST/DB or $BITFIT_OPTUNA_STORAGE; "
-            "python infra/stack.py starts one), or run with --workers 1")
-    if not tracking_uri.startswith(("http://", "https://", "databricks")):
-        raise ValueError(
-            f"--workers {workers} needs an MLflow tracking server that every worker logs to, "
-            f"and {mask_url(tracking_uri)} is local to this machine: set --tracking-uri or "
-            "$MLFLOW_TRACKING_URI to http://HOST:PORT (python infra/stack.py starts one)")
-    if not get_current_settings().api.url:
+    check_shared_stores(workers, storage, tracking_uri)
+    if workers > 1 and not get_current_settings().api.url:
         raise ValueError(
             f"--workers {workers} runs the workers on a Prefect work pool, and no Prefect server "
             "is configured: set PREFECT_API_URL, deploy infra/prefect.yaml and start a worker "
@@ -135,89 +104,12 @@ def run_workers(workers: int, parameters: dict, *, deployment: str = WORKER_DEPL
             "server; the study keeps every finished trial, and the same command resumes it")
 
 
-def check_request(*, task: str, space: str, baseline: bool, baseline_space: str,
-                  baseline_study: str | None, n_trials: int | None, seeds: int, workers: int,
-                  threads: int | None, eval_processes: int | None,
-                  max_train_samples: int | None, select_on: str, storage: str | None,
-                  tracking_uri: str | None, home: str,
-                  extra_methods: tuple[str, ...]) -> tuple[str, str]:
-    """Everything about a request that can be checked before any model or data is loaded:
-    counts, the task, the spaces and their objective, the home, and the stores (each must
-    answer within seconds). Returns the storage URL and tracking URI to use, without secrets."""
-    from bitfit.services import (check_storage, check_tracking, move_secrets,
-                                 secrets_from_environment)
-    from bitfit.space import check_metric, load_space
-    from bitfit.study import default_storage
-    from bitfit.tasks import load_task
-    from bitfit.tracking import default_tracking_uri
-
-    positive(n_trials=n_trials, workers=workers, threads=threads,
-             eval_processes=eval_processes, max_train_samples=max_train_samples)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
-        raise ValueError(f"--seeds must be a whole number, 0 (stop after the studies) or more, "
-                         f"got {seeds!r}")
-    if select_on not in ("heldout", "dev"):
-        raise ValueError(f"--select-on must be heldout or dev, got {select_on!r}")
-    for method in extra_methods:
-        if method not in EXTRA_METHODS:
-            raise ValueError(f"extra method {method!r} is not one of "
-                             f"{', '.join(EXTRA_METHODS)}")
-    glue_task = load_task(task)
-    parsed = load_space(space)
-    check_metric(parsed, glue_task)
-    if seeds > 0 and parsed.method != "bitfit":
-        raise ValueError(f"--space {space} searches method {parsed.method!r}, and the final "
-                         "evaluation compares the first study as BitFit: give a BitFit space, "
-                         "or --seeds 0 to run the study alone")
-    if baseline and not baseline_study:
-        full = load_space(baseline_space)
-        check_metric(full, glue_task)
-        if full.method != "full":
-            raise ValueError(f"--baseline-space {baseline_space} searches method "
-                             f"{full.method!r}, not full fine-tuning: give a space with "
-                             "'method: full' (the shipped full_ft), or --no-baseline")
-    try:
-        Path(home).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot use --home {str(home)!r} ({err.strerror}): choose a folder "
-                      "you can write to") from None
-    secrets_from_environment()
-    storage, tracking_uri = move_secrets(storage or default_storage(home),
-                                         tracking_uri or default_tracking_uri(home))
-    assert storage is not None and tracking_uri is not None
-    check_workers(workers, storage, tracking_uri)
-    check_storage(storage)
-    check_tracking(tracking_uri)
-    if baseline and baseline_study and seeds > 0:
-        from bitfit.compare import best_config
-
-        best_config(storage, baseline_study, method="full", task=glue_task.name)
-    return storage, tracking_uri
-
-
 @task(cache_policy=NO_CACHE)
 def summarize_study(data, *, storage: str, tracking_uri: str, study_name: str, home: str,
                     before: int) -> dict:
     """The summary of a study that the workers ran, read back from the storage and MLflow."""
-    import optuna
-
-    from bitfit.tracking import Tracker
-
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    experiment_id = (Tracker(tracking_uri, home=home).client.get_run(parent).info.experiment_id
-                     if parent else None)
-    return _summary(study, experiment_id, len(study.trials) - before, data, storage=storage,
-                    tracking_uri=tracking_uri, home=home)
-
-
-def _trials(storage: str, study_name: str) -> int:
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:
-        return 0
+    return read_study_summary(data, storage=storage, tracking_uri=tracking_uri,
+                              study_name=study_name, home=home, before=before)
 
 
 def _study_stage(base, data, *, workers: int, space: str, n_trials: int | None, storage: str,
@@ -228,20 +120,12 @@ def _study_stage(base, data, *, workers: int, space: str, n_trials: int | None, 
         return run_search(base, data, space=space, n_trials=n_trials, storage=storage,
                           tracking_uri=tracking_uri, study_name=study_name, home=home,
                           run_params=run_params)
-    before = _trials(storage, study_name)
+    before = trial_count(storage, study_name)
     run_workers(workers, {**worker_params, "space": space, "n_trials": n_trials,
                           "storage": storage, "tracking_uri": tracking_uri,
                           "study_name": study_name, "home": home})
     return summarize_study(data, storage=storage, tracking_uri=tracking_uri,
                            study_name=study_name, home=home, before=before)
-
-
-def _study_data(base, task: str, space, *, data_dir: str | None, max_train_samples: int | None,
-                select_on: str, home: str):
-    samples = max_train_samples or space.max_train_samples
-    fraction = 0.1 if select_on == "heldout" else None
-    return prepare_data(base, task, data_dir=data_dir, max_length=space.max_length,
-                        max_train_samples=samples, validation_fraction=fraction, home=home)
 
 
 @flow(name="bitfit-study")
@@ -257,7 +141,7 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
     from bitfit.space import load_space
 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    storage, tracking_uri = check_request(
+    storage, tracking_uri = check_search(
         task=task, space=space, baseline=False, baseline_space="", baseline_study=None,
         n_trials=n_trials, seeds=0, workers=1, threads=threads, eval_processes=None,
         max_train_samples=max_train_samples, select_on=select_on, storage=storage,
@@ -267,11 +151,11 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
 
         torch.set_num_threads(threads)
     parsed = load_space(space)
-    study_name = study_name or _study_name(task, parsed.name, max_train_samples
-                                           or parsed.max_train_samples, select_on)
+    study_name = study_name or default_study_name(
+        task, parsed.name, max_train_samples or parsed.max_train_samples, select_on)
     base = load_model(model)
-    data = _study_data(base, task, parsed, data_dir=data_dir,
-                       max_train_samples=max_train_samples, select_on=select_on, home=home)
+    data = make_study_data(base, task, parsed, data_dir=data_dir,
+                           max_train_samples=max_train_samples, select_on=select_on, home=home)
     return run_search(base, data, space=space, n_trials=n_trials, storage=storage,
                       tracking_uri=tracking_uri, study_name=study_name, home=home,
                       run_params={"model": base.model_id, "pooling": base.pooling,
@@ -279,11 +163,6 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
                                   "max_train_samples": max_train_samples
                                   or parsed.max_train_samples,
                                   "train_examples": len(data.train)})
-
-
-def _study_name(task: str, space: str, samples: int | None, select_on: str) -> str:
-    return "-".join([task, space] + ([f"n{samples}"] if samples else []) +
-                    (["dev"] if select_on == "dev" else []))
 
 
 @flow(name="bitfit-search")
@@ -312,7 +191,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     if quick:
         space, baseline_space = QUICK["space"], QUICK["baseline_space"]
-    storage, tracking_uri = check_request(
+    storage, tracking_uri = check_search(
         task=task, space=space, baseline=baseline, baseline_space=baseline_space,
         baseline_study=baseline_study, n_trials=n_trials, seeds=seeds, workers=workers,
         threads=threads, eval_processes=eval_processes, max_train_samples=max_train_samples,
@@ -324,10 +203,10 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
         import torch
 
         torch.set_num_threads(threads)
-    study_name = study_name or _study_name(task, parsed.name, samples, select_on)
+    study_name = study_name or default_study_name(task, parsed.name, samples, select_on)
     base = load_model(model)
-    data = _study_data(base, task, parsed, data_dir=data_dir,
-                       max_train_samples=max_train_samples, select_on=select_on, home=home)
+    data = make_study_data(base, task, parsed, data_dir=data_dir,
+                           max_train_samples=max_train_samples, select_on=select_on, home=home)
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
     worker_params = {"task": task, "model": model, "data_dir": data_dir,
                      "max_train_samples": max_train_samples, "select_on": select_on,
@@ -344,7 +223,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
         full_space = load_space(baseline_space)
         full_samples = max_train_samples or full_space.max_train_samples
         full_study = f"{study_name}-{full_space.name}"
-        full_data = data if full_samples == samples else _study_data(
+        full_data = data if full_samples == samples else make_study_data(
             base, task, full_space, data_dir=data_dir, max_train_samples=max_train_samples,
             select_on=select_on, home=home)
         summary["baseline"] = _study_stage(
@@ -360,31 +239,9 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
         summary["evaluation"] = run_evaluation(
             base, final_data, storage=storage, bitfit_study=study_name, full_study=full_study,
             seeds=seeds, extra_methods=tuple(extra_methods), tracking_uri=tracking_uri,
-            home=home, name=f"{study_name}-vs-{full_study or 'none'}-s{seeds}",
+            home=home, name=evaluation_name(study_name, full_study, seeds),
             processes=eval_processes)
     return summary
-
-
-def _print(summary: dict) -> None:
-    for study in (summary, summary.get("baseline")):
-        if study is None:
-            continue
-        if study["best_value"] is None:
-            print(f"study {study['study_name']}: no trial completed yet")
-            continue
-        params = ", ".join(f"{k}={v}" for k, v in study["best_params"].items())
-        print(f"study {study['study_name']}: best {study['metric']} on "
-              f"{study['selection_split']} {study['best_value']:.4f} "
-              f"(trial {study['best_trial']}: {params}); {study['trials']} trials in "
-              f"{study['storage']}")
-    if "evaluation" in summary:
-        print()
-        print_report(summary["evaluation"])
-        print()
-    print(f"MLflow: search run {summary['mlflow_parent_run_id']}"
-          + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
-             if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
-    print(f"see it: {summary['mlflow_ui']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         # passwords never reach the flow run's parameters.
         spaces = QUICK if args.quick else {"space": args.space,
                                            "baseline_space": args.baseline_space}
-        storage, tracking_uri = check_request(
+        storage, tracking_uri = check_search(
             **{k: request[k] for k in ("task", "baseline", "baseline_study", "n_trials",
                                        "seeds", "workers", "threads", "eval_processes",
                                        "max_train_samples", "select_on", "storage",
@@ -449,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         check_prefect_api()
         return search(**{**request, "storage": storage, "tracking_uri": tracking_uri})
 
-    return run_command(work, show=lambda s: print(json.dumps(s)) if args.json else _print(s))
+    return run_command(work, show=lambda s: print(json.dumps(s)) if args.json
+                       else print_summary(s))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def test_a_worker_stopped_mid_trial_leaves_the_study_consistent(stack, glue_dir,
             study = optuna.load_study(study_name="interrupted", storage=stack.optuna_storage)
         except KeyError:  # not created yet
             continue
-        running = study.get_trials(states=[optuna.trial.TrialState.RUNNING])
+        # well into a trial: its parameters drawn, so that its retry can be compared
+        running = [t for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING])
+                   if t.params]
     first.kill()  # no chance to clean up, as when a machine goes away
     first.communicate()
     assert running, "the first worker never started a trial"

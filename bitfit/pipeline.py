@@ -1,0 +1,302 @@
+"""The pipeline's rules as library calls: what a request must satisfy before any work, how a study
+is named and what data it searches on, which configurations the final evaluation compares, and
+the summaries the commands print. The Prefect flows in ``flows/`` wrap these calls in tasks and
+hold no rule of their own.
+
+    storage, tracking = check_search(task="cola", space="quick", ...)   # before anything loads
+    data = study_data(base, "cola", load_space("quick"), ...)
+    summary = search_study(base, data, space="quick", storage=storage, ...)
+    report = evaluate_studies(base, final_data, bitfit_study=summary["study_name"], ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bitfit.data import TaskData
+from bitfit.entry import positive
+from bitfit.models import BaseModel
+from bitfit.services import mask_url
+
+QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
+EXTRA_METHODS = ("frozen", "rand")
+HELDOUT_FRACTION = 0.1  # the validation split a study selects on, carved from train
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_stores(storage: str | None, tracking_uri: str | None, home: str) -> tuple[str, str]:
+    """The storage URL and tracking URI to use (the run home's SQLite files by default), without
+    secrets; each store must answer within seconds."""
+    from bitfit.services import (check_storage, check_tracking, move_secrets,
+                                 secrets_from_environment)
+    from bitfit.study import default_storage
+    from bitfit.tracking import default_tracking_uri
+
+    try:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot use --home {str(home)!r} ({err.strerror}): choose a folder "
+                      "you can write to") from None
+    secrets_from_environment()
+    storage, tracking_uri = move_secrets(storage or default_storage(home),
+                                         tracking_uri or default_tracking_uri(home))
+    assert storage is not None and tracking_uri is not None
+    check_storage(storage)
+    check_tracking(tracking_uri)
+    return storage, tracking_uri
+
+
+def check_shared_stores(workers: int, storage: str, tracking_uri: str) -> None:
+    """Several workers need stores that all of them reach."""
+    positive(workers=workers)
+    if workers == 1:
+        return
+    if storage.startswith("sqlite:"):
+        raise ValueError(
+            f"--workers {workers} needs an Optuna storage that every worker can reach and write "
+            f"to at once, and {mask_url(storage)} is a SQLite file: use PostgreSQL "
+            "(--storage postgresql://USER@HOST/DB or $BITFIT_OPTUNA_STORAGE; "
+            "python infra/stack.py starts one), or run with --workers 1")
+    if not tracking_uri.startswith(("http://", "https://", "databricks")):
+        raise ValueError(
+            f"--workers {workers} needs an MLflow tracking server that every worker logs to, "
+            f"and {mask_url(tracking_uri)} is local to this machine: set --tracking-uri or "
+            "$MLFLOW_TRACKING_URI to http://HOST:PORT (python infra/stack.py starts one)")
+
+
+def _check_extra(extra_methods: tuple[str, ...]) -> None:
+    for method in extra_methods:
+        if method not in EXTRA_METHODS:
+            raise ValueError(f"extra method {method!r} is not one of "
+                             f"{', '.join(EXTRA_METHODS)}")
+
+
+def check_search(*, task: str, space: str, baseline: bool, baseline_space: str,
+                 baseline_study: str | None, n_trials: int | None, seeds: int, workers: int,
+                 threads: int | None, eval_processes: int | None,
+                 max_train_samples: int | None, select_on: str, storage: str | None,
+                 tracking_uri: str | None, home: str,
+                 extra_methods: tuple[str, ...]) -> tuple[str, str]:
+    """Everything about a search that can be checked before any model or data is loaded:
+    counts, the task, the spaces and their objective, the home, and the stores (each must
+    answer within seconds). Returns the storage URL and tracking URI to use, without secrets."""
+    from bitfit.space import check_metric, load_space
+    from bitfit.tasks import load_task
+
+    positive(n_trials=n_trials, workers=workers, threads=threads,
+             eval_processes=eval_processes, max_train_samples=max_train_samples)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+        raise ValueError(f"--seeds must be a whole number, 0 (stop after the studies) or more, "
+                         f"got {seeds!r}")
+    if select_on not in ("heldout", "dev"):
+        raise ValueError(f"--select-on must be heldout or dev, got {select_on!r}")
+    _check_extra(extra_methods)
+    glue_task = load_task(task)
+    parsed = load_space(space)
+    check_metric(parsed, glue_task)
+    if seeds > 0 and parsed.method != "bitfit":
+        raise ValueError(f"--space {space} searches method {parsed.method!r}, and the final "
+                         "evaluation compares the first study as BitFit: give a BitFit space, "
+                         "or --seeds 0 to run the study alone")
+    if baseline and not baseline_study:
+        full = load_space(baseline_space)
+        check_metric(full, glue_task)
+        if full.method != "full":
+            raise ValueError(f"--baseline-space {baseline_space} searches method "
+                             f"{full.method!r}, not full fine-tuning: give a space with "
+                             "'method: full' (the shipped full_ft), or --no-baseline")
+    storage, tracking_uri = check_stores(storage, tracking_uri, home)
+    check_shared_stores(workers, storage, tracking_uri)
+    if baseline and baseline_study and seeds > 0:
+        from bitfit.compare import best_config
+
+        best_config(storage, baseline_study, method="full", task=glue_task.name)
+    return storage, tracking_uri
+
+
+def check_evaluation(*, task: str, seeds: int, processes: int | None,
+                     max_train_samples: int | None, extra_methods: tuple[str, ...],
+                     storage: str | None, tracking_uri: str | None,
+                     home: str) -> tuple[str, str]:
+    """The checks of a final evaluation that need no model or data; the storage URL and
+    tracking URI to use, without secrets."""
+    from bitfit.tasks import load_task
+
+    positive(seeds=seeds, processes=processes, max_train_samples=max_train_samples)
+    _check_extra(extra_methods)
+    load_task(task)
+    return check_stores(storage, tracking_uri, home)
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def study_name(task: str, space: str, samples: int | None, select_on: str) -> str:
+    """The default name of a study: task, space, sample size and selection split."""
+    return "-".join([task, space] + ([f"n{samples}"] if samples else []) +
+                    (["dev"] if select_on == "dev" else []))
+
+
+def study_data(base: BaseModel, task: str, space, *, data_dir: str | None,
+               max_train_samples: int | None, select_on: str, home: str) -> TaskData:
+    """The data a study searches on: the space's sample size unless one is given, and a
+    held-out split carved from train unless it selects on dev."""
+    from bitfit.data import prepare
+    from bitfit.tasks import load_task
+
+    samples = max_train_samples or space.max_train_samples
+    fraction = HELDOUT_FRACTION if select_on == "heldout" else None
+    return prepare(load_task(task), base.tokenizer, data_dir=data_dir,
+                   max_length=space.max_length, max_train_samples=samples,
+                   validation_fraction=fraction, cache_dir=Path(home) / "cache")
+
+
+def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
+                 storage: str, tracking_uri: str, study_name: str, home: str,
+                 run_params: dict[str, Any],
+                 log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Run (or resume) a study, every trial recorded in MLflow; its summary."""
+    from bitfit.space import load_space
+    from bitfit.study import run_study
+    from bitfit.tracking import Tracker
+
+    outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
+                        home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
+                        run_params=run_params, log=log)
+    return study_summary(outcome.study, outcome.experiment_id, outcome.ran, data,
+                         storage=storage, tracking_uri=tracking_uri, home=home)
+
+
+def trial_count(storage: str, study_name: str) -> int:
+    """How many trials the study has (0 when it does not exist yet)."""
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:
+        return 0
+
+
+def read_study_summary(data: TaskData, *, storage: str, tracking_uri: str, study_name: str,
+                       home: str, before: int) -> dict[str, Any]:
+    """The summary of a study that other workers ran, read back from the storage and MLflow."""
+    import optuna
+
+    from bitfit.tracking import Tracker
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    experiment_id = (Tracker(tracking_uri, home=home).client.get_run(parent).info.experiment_id
+                     if parent else None)
+    return study_summary(study, experiment_id, len(study.trials) - before, data,
+                         storage=storage, tracking_uri=tracking_uri, home=home)
+
+
+def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *, storage: str,
+                  tracking_uri: str, home: str) -> dict[str, Any]:
+    """What a study found, JSON-ready."""
+    from optuna.trial import TrialState
+
+    from bitfit.tracking import ui_command
+
+    best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
+    return {
+        "study_name": study.study_name, "storage": mask_url(storage),
+        "tracking_uri": mask_url(tracking_uri), "experiment_id": experiment_id,
+        "mlflow_parent_run_id": study.user_attrs.get("mlflow_parent_run_id"),
+        "trials_run": ran, "trials": len(study.trials), "selection_split": data.selection_split,
+        "metric": data.task.main_metric,
+        "best_value": None if best is None else best.value,
+        "best_params": None if best is None else best.params,
+        "best_trial": None if best is None else best.number,
+        "mlflow_ui": ui_command(tracking_uri, home),
+    }
+
+
+# --------------------------------------------------------------------------- final evaluation
+
+
+def evaluation_configs(storage: str, *, bitfit_study: str, full_study: str | None,
+                       extra_methods: tuple[str, ...], task: str) -> dict:
+    """The configurations compared: each study's best, and the baselines ``frozen`` and
+    ``rand`` on the BitFit configuration (``rand`` as many weights as its subset has)."""
+    from bitfit.compare import best_config
+
+    _check_extra(extra_methods)
+    configs = {"bitfit": best_config(storage, bitfit_study, method="bitfit", task=task)}
+    if full_study:
+        configs["full"] = best_config(storage, full_study, method="full", task=task)
+    for method in extra_methods:
+        configs[method] = dataclasses.replace(configs["bitfit"], method=method)
+    return configs
+
+
+def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_study: str,
+                     full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
+                     tracking_uri: str, home: str, name: str, processes: int | None = None,
+                     log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Train each method's best configuration with each seed; the comparison, JSON-ready."""
+    from bitfit.compare import compare
+    from bitfit.tracking import Tracker
+
+    configs = evaluation_configs(storage, bitfit_study=bitfit_study, full_study=full_study,
+                                 extra_methods=extra_methods, task=data.task.name)
+    comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
+                         tracker=Tracker(tracking_uri, home=home), processes=processes, log=log)
+    return {"table": comparison.markdown, "p_value": comparison.p_value,
+            "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
+            "evaluation_run_id": comparison.parent_run_id,
+            "best_artifact": comparison.best_artifact, "recipe": comparison.recipe(),
+            "runs": {f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs}}
+
+
+def evaluation_name(bitfit_study: str, full_study: str | None, seeds: int) -> str:
+    return f"{bitfit_study}-vs-{full_study or 'none'}-s{seeds}"
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    """The comparison table, the test, and how to use the best artifact."""
+    print(summary["table"])
+    if summary["p_value"] == summary["p_value"]:  # not NaN
+        print(f"Welch's t-test, bitfit vs full: t = {summary['t_statistic']:.3f}, "
+              f"p = {summary['p_value']:.4f}")
+    print(f"report, table and plots: {summary['report']}")
+    if summary["best_artifact"]:
+        print(f"best BitFit seed's artifact: {summary['best_artifact']}; use it with:")
+        print(summary["recipe"])
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The studies' best trials, the comparison, and where MLflow shows it all."""
+    for study in (summary, summary.get("baseline")):
+        if study is None:
+            continue
+        if study["best_value"] is None:
+            print(f"study {study['study_name']}: no trial completed yet")
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in study["best_params"].items())
+        print(f"study {study['study_name']}: best {study['metric']} on "
+              f"{study['selection_split']} {study['best_value']:.4f} "
+              f"(trial {study['best_trial']}: {params}); {study['trials']} trials in "
+              f"{study['storage']}")
+    if "evaluation" in summary:
+        print()
+        print_report(summary["evaluation"])
+        print()
+    print(f"MLflow: search run {summary['mlflow_parent_run_id']}"
+          + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
+             if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
+    print(f"see it: {summary['mlflow_ui']}")
