@@ -9,22 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from bitfit.biases import METHODS
 from bitfit.models import POOLINGS
+from bitfit.settings import HOME_ENV, home_dir
 from bitfit.train import PRECISIONS
 
-HOME_ENV = "BITFIT_HOME"
-
-
-def home_dir(home: str | None = None) -> Path:
-    """Where runs write: ``--home``, else ``$BITFIT_HOME``, else ``./runs``."""
-    return Path(home or os.environ.get(HOME_ENV) or "runs")
-
+__all__ = ["HOME_ENV", "home_dir", "main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bitfit", description=__doc__.splitlines()[0])

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 import torch
 from sklearn.model_selection import train_test_split
 
+from bitfit.settings import GLUE_DIR_ENV
 from bitfit.tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
-GLUE_DIR_ENV = "BITFIT_GLUE_DIR"
 HELDOUT = "heldout"  # the name of a validation split carved out of train
 
 

@@ -10,34 +10,15 @@ number. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from bitfit.interrupts import catch_signals, exit_code, is_interruption, signal_name
-from bitfit.services import MLFLOW_HTTP_DEFAULTS, mask_url
+from bitfit.services import mask_url
+from bitfit.settings import quiet_environment, quiet_logging
 
-QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout is ours
-             "MLFLOW_LOGGING_LEVEL": "WARNING", **MLFLOW_HTTP_DEFAULTS}
-
-
-def quiet_environment() -> None:
-    """Defaults that keep the libraries' telemetry, retries and chatter out of a run."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-
-
-def quiet_logging() -> None:
-    """Our lines only: the libraries' own logs at WARNING, and Prefect's record of a failed
-    flow run (a traceback) left to its API, since the command prints the one-sentence reason."""
-    for name in ("prefect", "mlflow", "alembic", "optuna", "httpx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
+__all__ = ["positive", "quiet_environment", "quiet_logging", "run_command", "user_error"]
 
 def user_error(err: BaseException) -> str | None:
     """The one sentence for an error that is the user's to fix (or a service's), else None."""

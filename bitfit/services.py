@@ -20,14 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from bitfit.settings import MLFLOW_HTTP_DEFAULTS, STORAGE_ENV, TRACKING_ENV
+
 CONNECT_TIMEOUT_S = 5
 _SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token", "key")
-# MLflow retries an unreachable server for minutes by default; a run should fail in seconds.
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-
-
 class ServiceError(OSError):
     """A store (Optuna storage, MLflow tracking) that cannot be reached or used."""
 
@@ -108,7 +104,7 @@ def move_secrets(storage: str | None, tracking_uri: str | None) -> tuple[str | N
 def secrets_from_environment() -> None:
     """A password in ``$BITFIT_OPTUNA_STORAGE`` or ``$MLFLOW_TRACKING_URI`` reaches the client
     libraries even where a flow is handed the same URL without it (a study worker)."""
-    move_secrets(os.environ.get("BITFIT_OPTUNA_STORAGE"), os.environ.get("MLFLOW_TRACKING_URI"))
+    move_secrets(os.environ.get(STORAGE_ENV), os.environ.get(TRACKING_ENV))
 
 
 def refuse_secrets(**urls: str | None) -> None:

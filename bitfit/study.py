@@ -30,6 +30,10 @@ from bitfit.interrupts import INTERRUPTED, Interrupted, is_interruption, owner, 
 from bitfit.interrupts import signal_name as _signal_name
 from bitfit.models import BaseModel
 from bitfit.services import mask_url, store_lock
+from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
+
+__all__ = ["STORAGE_ENV", "StudyFailed", "StudyMismatch", "StudyOutcome", "default_storage",
+           "open_study", "run_study", "study_identity"]
 from bitfit.space import SearchSpace
 from bitfit.train import Evaluation, TrainResult, train
 
@@ -48,8 +52,6 @@ class StudyFailed(RuntimeError):
     """Every trial a run made failed, and the study has no completed trial."""
 
 
-STORAGE_ENV = "BITFIT_OPTUNA_STORAGE"
-GRACE_ENV = "BITFIT_HEARTBEAT_GRACE_S"
 OVER_BUDGET = "over the study's budget"
 
 
@@ -65,11 +67,6 @@ def heartbeat_grace() -> int:
         raise ValueError(f"{GRACE_ENV}={raw!r} is not a whole number of seconds >= 2: "
                          f"unset it or give e.g. 120")
     return grace
-
-
-def default_storage(home: str | os.PathLike[str]) -> str:
-    """``$BITFIT_OPTUNA_STORAGE``, else a SQLite file in the run home."""
-    return os.environ.get(STORAGE_ENV) or f"sqlite:///{Path(home).resolve()}/optuna.db"
 
 
 def open_study(space: SearchSpace, *, storage: str, study_name: str,
@@ -167,8 +164,8 @@ class _TrialSeeded(optuna.samplers.BaseSampler):
     def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
         return self._inner.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+    def sample_independent(self, study, trial, name, distribution):  # type: ignore[no-untyped-def]
+        return self._inner.sample_independent(study, trial, name, distribution)
 
     def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
         self._inner.after_trial(study, trial, state, values)

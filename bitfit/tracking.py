@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bitfit.services import mask_url, store_lock
+from bitfit.settings import default_tracking_uri
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
 __all__ = ["Tracker", "default_tracking_uri", "mask_url", "ui_command"]
@@ -39,11 +40,6 @@ def _key(name: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def default_tracking_uri(home: str | os.PathLike[str]) -> str:
-    """``$MLFLOW_TRACKING_URI``, else a SQLite store in the run home."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve()}/mlflow.db"
 
 
 def ui_command(tracking_uri: str, home: str | os.PathLike[str]) -> str:

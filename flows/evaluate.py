@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from bitfit.entry import quiet_environment, run_command
+from bitfit.entry import run_command
+from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, howev
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from bitfit.cli import home_dir  # noqa: E402
+from bitfit.settings import home_dir  # noqa: E402
 from bitfit.pipeline import (EXTRA_METHODS, check_evaluation,  # noqa: E402
                              evaluate_studies, evaluation_name, print_report)
 from prepare import load_model, prepare_data  # noqa: E402
@@ -42,7 +43,7 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
              storage: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
              model: str | None = None, data_dir: str | None = None,
              max_train_samples: int | None = None, max_length: int = 128,
-             tracking_uri: str | None = None, home: str = "runs",
+             tracking_uri: str | None = None, home: str | None = None,
              processes: int | None = None) -> dict:
     """Best configs -> S seeds each on the whole training split -> comparison on dev.
 
@@ -51,6 +52,7 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
     from bitfit.services import refuse_secrets
 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
     storage, tracking_uri = check_evaluation(
         task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
         extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,

@@ -13,14 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from bitfit.entry import positive, quiet_environment, run_command
+from bitfit.entry import positive, run_command
+from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from bitfit.cli import home_dir  # noqa: E402
+from bitfit.settings import home_dir  # noqa: E402
 
 
 @task(cache_policy=NO_CACHE)
@@ -51,8 +52,9 @@ def prepare_data(base, task_name: str, *, data_dir: str | None, max_length: int,
 @flow(name="bitfit-prepare")
 def prepare(task: str = "cola", model: str | None = None, data_dir: str | None = None,
             max_length: int = 128, max_train_samples: int | None = None,
-            validation_fraction: float | None = 0.1, home: str = "runs") -> dict:
+            validation_fraction: float | None = 0.1, home: str | None = None) -> dict:
     """Prepare a task's data for a search; returns the split sizes."""
+    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
     base = load_model(model)
     data = prepare_data(base, task, data_dir=data_dir, max_length=max_length,
                         max_train_samples=max_train_samples,

@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from bitfit.entry import quiet_environment, run_command
+from bitfit.entry import run_command
+from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, howev
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from bitfit.cli import home_dir  # noqa: E402
+from bitfit.settings import home_dir  # noqa: E402
 from bitfit.pipeline import (QUICK, check_search, check_shared_stores,  # noqa: E402
                              evaluation_name, print_summary, read_study_summary,
                              search_study, study_data, trial_count)
@@ -133,7 +134,7 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
           space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
           tracking_uri: str | None = None, study_name: str | None = None,
           max_train_samples: int | None = None, select_on: str = "heldout",
-          home: str = "runs", threads: int | None = None) -> dict:
+          home: str | None = None, threads: int | None = None) -> dict:
     """One worker of a study: load the model once, then run trials until the study's budget
     is spent, together with every other worker on the same storage. ``threads``: CPU threads
     for training (default: torch's, one per core)."""
@@ -141,6 +142,7 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
     from bitfit.space import load_space
 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
     storage, tracking_uri = check_search(
         task=task, space=space, baseline=False, baseline_space="", baseline_study=None,
         n_trials=n_trials, seeds=0, workers=1, threads=threads, eval_processes=None,
@@ -170,7 +172,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
            tracking_uri: str | None = None, study_name: str | None = None,
            max_train_samples: int | None = None, select_on: str = "heldout",
-           home: str = "runs", baseline: bool = True, baseline_space: str = "full_ft",
+           home: str | None = None, baseline: bool = True, baseline_space: str = "full_ft",
            baseline_study: str | None = None, seeds: int = 5,
            extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False,
            threads: int | None = None, eval_processes: int | None = None) -> dict:
@@ -189,6 +191,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
     from bitfit.space import load_space
 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
     if quick:
         space, baseline_space = QUICK["space"], QUICK["baseline_space"]
     storage, tracking_uri = check_search(

@@ -74,3 +74,14 @@ def test_several_workers_need_a_prefect_server():
         search.check_workers(2, "postgresql://u@h/db", "http://127.0.0.1:5000")
     with pytest.raises(ValueError, match="--workers must be a whole number of 1 or more, got 0"):
         search.check_workers(0, "postgresql://u@h/db", "http://127.0.0.1:5000")
+
+
+def test_the_flows_honour_bitfit_home(glue_dir, tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "flows"))
+    import prepare
+
+    monkeypatch.setenv("BITFIT_HOME", str(tmp_path / "home"))
+    sizes = prepare.prepare(task="wnli", data_dir=str(glue_dir), max_train_samples=50)
+
+    assert sizes["train"] + sizes["heldout"] == 50
+    assert len(list((tmp_path / "home" / "cache").glob("wnli-*.parquet"))) == 3
