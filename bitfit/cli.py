@@ -1,7 +1,12 @@
-"""Command line: ``python -m bitfit train --task sst2 --data-dir ../shared/data/glue``.
+"""Command line: ``bitfit train | search | evaluate | prepare`` (or ``python -m bitfit ...``).
 
-Trains one configuration, prints the dev metrics, the trainable fraction and where the bias
-artifact was written (``--json``: one JSON object instead).
+    bitfit train --task sst2 --data-dir ../shared/data/glue      # one run and its artifact
+    bitfit search --task cola --data-dir ../shared/data/glue --quick   # the whole pipeline
+
+``train`` trains one configuration, prints the dev metrics, the trainable fraction and where the
+bias artifact was written. ``search``, ``evaluate`` and ``prepare`` run the pipeline of
+``bitfit.pipeline`` here, without Prefect (``python flows/*.py`` runs the same as Prefect flows).
+``--json``: one JSON object instead.
 """
 
 from __future__ import annotations
@@ -21,8 +26,17 @@ from bitfit.train import PRECISIONS
 __all__ = ["HOME_ENV", "home_dir", "main"]
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bitfit", description=__doc__.splitlines()[0])
+    from bitfit.commands import evaluate_arguments, prepare_arguments, search_arguments
+
+    parser = argparse.ArgumentParser(prog="bitfit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    search_arguments(commands.add_parser(
+        "search", help="the whole pipeline: BitFit study, full fine-tuning study, final "
+        "multi-seed comparison"))
+    evaluate_arguments(commands.add_parser(
+        "evaluate", help="the final multi-seed evaluation of existing studies"))
+    prepare_arguments(commands.add_parser(
+        "prepare", help="tokenise a task's splits into the run home's cache"))
     p = commands.add_parser("train", help="train one configuration and save its bias artifact")
     p.add_argument("--task", required=True, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, "
                    "qnli, rte, wnli) or a name for a custom task given by --train-file/--dev-file")
@@ -177,11 +191,32 @@ def _print_human(summary: dict) -> None:
         print(f"artifact: {summary['artifact']}")
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from bitfit import commands, pipeline
+    from bitfit.entry import run_command
+
+    def show(result: dict) -> None:
+        if args.json or args.command == "prepare":
+            print(json.dumps(result))
+        elif args.command == "search":
+            pipeline.print_summary(result)
+        else:
+            pipeline.print_report(result)
+
+    call = {"search": lambda: pipeline.run(**commands.search_request(args)),
+            "evaluate": lambda: pipeline.evaluate(**commands.evaluate_request(args)),
+            "prepare": lambda: pipeline.prepare(**commands.prepare_request(args))}
+    return run_command(call[args.command], show=show)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from bitfit.entry import quiet_environment, run_command
+    from bitfit.entry import run_command
+    from bitfit.settings import quiet_environment
 
     quiet_environment()
     args = _parser().parse_args(argv)
+    if args.command != "train":
+        return _pipeline(args)
     shown: dict = {}
 
     def work() -> dict[str, object]:

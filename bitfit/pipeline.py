@@ -12,6 +12,7 @@ hold no rule of their own.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,7 +142,7 @@ def check_evaluation(*, task: str, seeds: int, processes: int | None,
 # --------------------------------------------------------------------------- studies
 
 
-def study_name(task: str, space: str, samples: int | None, select_on: str) -> str:
+def default_study_name(task: str, space: str, samples: int | None, select_on: str) -> str:
     """The default name of a study: task, space, sample size and selection split."""
     return "-".join([task, space] + ([f"n{samples}"] if samples else []) +
                     (["dev"] if select_on == "dev" else []))
@@ -300,3 +301,162 @@ def print_summary(summary: dict[str, Any]) -> None:
           + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
              if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
     print(f"see it: {summary['mlflow_ui']}")
+
+
+# --------------------------------------------------------------------------- phases and the run
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
+    """The base model, loaded once for a whole run."""
+    from transformers.utils import logging as hf_logging
+
+    from bitfit.models import load_base
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return load_base(model, pooling=pooling)
+
+
+def final_data(base: BaseModel, task: str, *, data_dir: str | None, max_length: int,
+               max_train_samples: int | None, home: str) -> TaskData:
+    """The whole training split (or its sample) and dev: what the final runs train and score."""
+    from bitfit.data import prepare
+    from bitfit.tasks import load_task
+
+    return prepare(load_task(task), base.tokenizer, data_dir=data_dir, max_length=max_length,
+                   max_train_samples=max_train_samples, validation_fraction=None,
+                   cache_dir=Path(home) / "cache")
+
+
+def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = None,
+        space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
+        tracking_uri: str | None = None, study_name: str | None = None,
+        max_train_samples: int | None = None, select_on: str = "heldout",
+        home: str | None = None, baseline: bool = True, baseline_space: str = "full_ft",
+        baseline_study: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
+        workers: int = 1, quick: bool = False, threads: int | None = None,
+        eval_processes: int | None = None, phase: Callable[..., Any] = _direct,
+        on_workers: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole pipeline: prepare -> BitFit study -> full fine-tuning study -> final
+    evaluation -> report; its summary, JSON-ready.
+
+    Args:
+        phase: runs each phase, ``phase(fn, *args, **kwargs)``; a flow passes one that makes
+            each phase a Prefect task. By default the phases simply run.
+        on_workers: ``on_workers(workers, data, parameters)`` runs a study as ``workers``
+            workers elsewhere (a Prefect work pool) and returns its summary; needed when
+            ``workers`` > 1.
+        The rest: as the options of ``python flows/search.py`` (``--help``).
+    """
+    from bitfit.settings import home_dir
+    from bitfit.space import load_space
+
+    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
+    if quick:
+        space, baseline_space = QUICK["space"], QUICK["baseline_space"]
+    storage, tracking_uri = check_search(
+        task=task, space=space, baseline=baseline, baseline_space=baseline_space,
+        baseline_study=baseline_study, n_trials=n_trials, seeds=seeds, workers=workers,
+        threads=threads, eval_processes=eval_processes, max_train_samples=max_train_samples,
+        select_on=select_on, storage=storage, tracking_uri=tracking_uri, home=home,
+        extra_methods=tuple(extra_methods))
+    if workers > 1 and on_workers is None:
+        raise ValueError(f"--workers {workers} runs each study on a Prefect work pool: run it "
+                         "with python flows/search.py or the bitfit-search deployment")
+    parsed = load_space(space)  # a bad file failed above, before any work
+    samples = max_train_samples or parsed.max_train_samples
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    name = study_name or default_study_name(task, parsed.name, samples, select_on)
+    base = phase(load_model, model)
+    data = phase(study_data, base, task, parsed, data_dir=data_dir,
+                 max_train_samples=max_train_samples, select_on=select_on, home=home)
+    run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
+    worker_params = {"task": task, "model": model, "data_dir": data_dir,
+                     "max_train_samples": max_train_samples, "select_on": select_on,
+                     "threads": threads or max(1, (os.cpu_count() or 1) // workers),
+                     "storage": storage, "tracking_uri": tracking_uri, "home": home}
+
+    def stage(data: TaskData, space: str, trials: int | None, study: str,
+              samples: int | None) -> dict[str, Any]:
+        if workers > 1:
+            assert on_workers is not None
+            return on_workers(workers, data, {**worker_params, "space": space,
+                                              "n_trials": trials, "study_name": study})
+        return phase(search_study, base, data, space=space, n_trials=trials, storage=storage,
+                     tracking_uri=tracking_uri, study_name=study, home=home,
+                     run_params={**run_params, "max_train_samples": samples,
+                                 "train_examples": len(data.train)})
+
+    summary = stage(data, space, n_trials, name, samples)
+    full_study = baseline_study if baseline else None
+    if baseline and not baseline_study:
+        full_space = load_space(baseline_space)
+        full_samples = max_train_samples or full_space.max_train_samples
+        full_study = f"{name}-{full_space.name}"
+        full_data = data if full_samples == samples else phase(
+            study_data, base, task, full_space, data_dir=data_dir,
+            max_train_samples=max_train_samples, select_on=select_on, home=home)
+        summary["baseline"] = stage(full_data, baseline_space, None, full_study, full_samples)
+    if seeds > 0 and summary["best_value"] is not None:
+        final = phase(final_data, base, task, data_dir=data_dir, max_length=parsed.max_length,
+                      max_train_samples=max_train_samples, home=home)
+        summary["evaluation"] = phase(
+            evaluate_studies, base, final, storage=storage, bitfit_study=name,
+            full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
+            tracking_uri=tracking_uri, home=home, name=evaluation_name(name, full_study, seeds),
+            processes=eval_processes)
+    return summary
+
+
+def evaluate(*, task: str = "cola", bitfit_study: str, full_study: str | None = None,
+             storage: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
+             model: str | None = None, data_dir: str | None = None,
+             max_train_samples: int | None = None, max_length: int = 128,
+             tracking_uri: str | None = None, home: str | None = None,
+             processes: int | None = None,
+             phase: Callable[..., Any] = _direct) -> dict[str, Any]:
+    """The final evaluation alone: each study's best configuration with ``seeds`` seeds on the
+    whole training split, compared on dev; the comparison, JSON-ready."""
+    from bitfit.settings import home_dir
+
+    home = str(home_dir(home))
+    storage, tracking_uri = check_evaluation(
+        task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
+        extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
+        home=home)
+    base = phase(load_model, model)
+    data = phase(final_data, base, task, data_dir=data_dir, max_length=max_length,
+                 max_train_samples=max_train_samples, home=home)
+    return phase(evaluate_studies, base, data, storage=storage, bitfit_study=bitfit_study,
+                 full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
+                 tracking_uri=tracking_uri, home=home,
+                 name=evaluation_name(bitfit_study, full_study, seeds), processes=processes)
+
+
+def prepare(*, task: str = "cola", model: str | None = None, data_dir: str | None = None,
+            max_length: int = 128, max_train_samples: int | None = None,
+            validation_fraction: float | None = HELDOUT_FRACTION, home: str | None = None,
+            phase: Callable[..., Any] = _direct) -> dict[str, Any]:
+    """Tokenise a task's splits into the run home's cache; the split sizes."""
+    from bitfit.data import prepare as prepare_splits
+    from bitfit.settings import home_dir
+    from bitfit.tasks import load_task
+
+    positive(max_train_samples=max_train_samples)
+    if max_length < 8:
+        raise ValueError(f"--max-length must be at least 8 tokens, got {max_length}")
+    glue_task = load_task(task)
+    home = str(home_dir(home))
+    base = phase(load_model, model)
+    data = phase(prepare_splits, glue_task, base.tokenizer, data_dir=data_dir,
+                 max_length=max_length, max_train_samples=max_train_samples,
+                 validation_fraction=validation_fraction, cache_dir=Path(home) / "cache")
+    return {"task": data.task.name, "train": len(data.train),
+            **{split: len(enc) for split, enc in data.evals.items()}, "source": data.source}

@@ -18,24 +18,11 @@ from bitfit.settings import quiet_environment
 quiet_environment()  # before Prefect reads its settings
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling flows, however we are loaded
 
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect import flow  # noqa: E402
 
-from bitfit.settings import home_dir  # noqa: E402
-from bitfit.pipeline import (EXTRA_METHODS, check_evaluation,  # noqa: E402
-                             evaluate_studies, evaluation_name, print_report)
-from prepare import load_model, prepare_data  # noqa: E402
-
-
-@task(cache_policy=NO_CACHE)
-def run_evaluation(base, data, *, storage: str, bitfit_study: str, full_study: str | None,
-                   seeds: int, extra_methods: tuple[str, ...], tracking_uri: str,
-                   home: str, name: str, processes: int | None = None) -> dict:
-    """Train each method's best configuration with each seed; the comparison report."""
-    return evaluate_studies(base, data, storage=storage, bitfit_study=bitfit_study,
-                            full_study=full_study, seeds=seeds, extra_methods=extra_methods,
-                            tracking_uri=tracking_uri, home=home, name=name,
-                            processes=processes)
+from bitfit import pipeline  # noqa: E402
+from bitfit.commands import evaluate_arguments, evaluate_request  # noqa: E402
+from prepare import as_task  # noqa: E402
 
 
 @flow(name="bitfit-evaluate")
@@ -52,57 +39,32 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
     from bitfit.services import refuse_secrets
 
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
-    storage, tracking_uri = check_evaluation(
-        task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
-        extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
-        home=home)
-    base = load_model(model)
-    data = prepare_data(base, task, data_dir=data_dir, max_length=max_length,
-                        max_train_samples=max_train_samples, validation_fraction=None,
-                        home=home)
-    return run_evaluation(base, data, storage=storage,
-                          bitfit_study=bitfit_study, full_study=full_study, seeds=seeds,
-                          extra_methods=tuple(extra_methods),
-                          tracking_uri=tracking_uri, home=home,
-                          name=evaluation_name(bitfit_study, full_study, seeds),
-                          processes=processes)
+    return pipeline.evaluate(task=task, bitfit_study=bitfit_study, full_study=full_study,
+                             storage=storage, seeds=seeds, extra_methods=tuple(extra_methods),
+                             model=model, data_dir=data_dir,
+                             max_train_samples=max_train_samples, max_length=max_length,
+                             tracking_uri=tracking_uri, home=home, processes=processes,
+                             phase=as_task)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="cola")
-    parser.add_argument("--bitfit-study", required=True)
-    parser.add_argument("--full-study", default=None)
-    parser.add_argument("--storage", default=None)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--extra-methods", nargs="*", default=[], choices=EXTRA_METHODS)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--max-train-samples", type=int, default=None)
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--home", default=str(home_dir()))
-    parser.add_argument("--processes", type=int, default=None, help="runs trained at once "
-                        "(default: one per core on a CPU, up to 4)")
-    parser.add_argument("--json", action="store_true")
+    evaluate_arguments(parser)
     args = parser.parse_args(argv)
+    request = evaluate_request(args)
 
     def work() -> dict:
         from bitfit.services import check_prefect_api
 
-        storage, tracking_uri = check_evaluation(
-            task=args.task, seeds=args.seeds, processes=args.processes,
-            max_train_samples=args.max_train_samples, extra_methods=tuple(args.extra_methods),
-            storage=args.storage, tracking_uri=args.tracking_uri, home=args.home)
+        # Checked before Prefect starts; the passwords never reach the flow's parameters.
+        storage, tracking_uri = pipeline.check_evaluation(
+            **{k: request[k] for k in ("task", "seeds", "processes", "max_train_samples",
+                                       "extra_methods", "storage", "tracking_uri", "home")})
         check_prefect_api()
-        return evaluate(task=args.task, bitfit_study=args.bitfit_study,
-                        full_study=args.full_study, storage=storage, seeds=args.seeds,
-                        extra_methods=tuple(args.extra_methods), model=args.model,
-                        data_dir=args.data_dir, max_train_samples=args.max_train_samples,
-                        tracking_uri=tracking_uri, home=args.home, processes=args.processes)
+        return evaluate(**{**request, "storage": storage, "tracking_uri": tracking_uri})
 
     return run_command(work, show=lambda r: print(json.dumps(r)) if args.json
-                       else print_report(r))
+                       else pipeline.print_report(r))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,18 @@ def test_a_mistake_found_while_loading_is_one_sentence_too(glue_dir, tmp_path, c
                  "--home", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "CoLA/train.tsv" in err and "Traceback" not in err
+
+
+def test_bitfit_search_runs_the_whole_pipeline_without_prefect(glue_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BITFIT_OPTUNA_STORAGE", raising=False)
+
+    code = main(["search", "--task", "cola", "--data-dir", str(glue_dir), "--space", "quick",
+                 "--n-trials", "1", "--max-train-samples", "200", "--no-baseline", "--seeds", "1",
+                 "--eval-processes", "1", "--home", str(tmp_path), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+
+    assert code == 0 and summary["trials"] == 1 and summary["study_name"] == "cola-quick-n200"
+    assert "| bitfit | 1 |" in summary["evaluation"]["table"]
+    assert (tmp_path / "evaluations" / "cola-quick-n200-vs-none-s1" / "report.md").is_file()

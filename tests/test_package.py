@@ -124,6 +124,8 @@ def test_the_installed_wheel_works_outside_the_checkout(wheel: Path, tmp_path: P
     (purelib / "zz_dependencies.pth").write_text("".join(lines), encoding="utf-8")
 
     assert "usage:" in _run([script, "train", "--help"], cwd=away)
+    for command in ("search", "evaluate", "prepare"):
+        assert "--data-dir" in _run([script, command, "--help"], cwd=away)
     out = _run([python, "-c", "import bitfit, bitfit.space as s; q = s.load_space('quick')\n"
                 "print(q.name, q.n_trials); print(bitfit.__file__)\n"
                 "print(s.resolve_space_path('quick'))"], cwd=away)
