@@ -23,6 +23,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--home", default=str(home_dir()), help="run home (default: "
                         "$BITFIT_HOME, else ./runs)")
+    own = parser.add_argument_group("your own data (a custom task named by --task)")
+    own.add_argument("--train-file", default=None, help="training file (.csv, .tsv or "
+                     "tab-separated .txt, .json, .jsonl, .parquet)")
+    own.add_argument("--dev-file", default=None, help="evaluation file")
+    own.add_argument("--text-columns", default="sentence", help="one or two comma-separated "
+                     "text columns")
+    own.add_argument("--label-column", default="label", help="the label column")
+    own.add_argument("--regression", action="store_true", help="a float target")
+    own.add_argument("--columns", default=None, help="comma-separated column names of CSV/TSV "
+                     "files without a header row, e.g. sentence,label")
+
+
+def _own(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(train_file=args.train_file, dev_file=args.dev_file,
+                text_columns=args.text_columns, label_column=args.label_column,
+                regression=args.regression, columns=args.columns)
 
 
 def _stores(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +87,8 @@ def search_request(args: argparse.Namespace) -> dict[str, Any]:
         select_on=args.select_on, home=args.home, baseline=not args.no_baseline,
         baseline_space=args.baseline_space, baseline_study=args.baseline_study,
         seeds=args.seeds, extra_methods=tuple(args.extra_methods), workers=args.workers,
-        quick=args.quick, threads=args.threads, eval_processes=args.eval_processes)
+        quick=args.quick, threads=args.threads, eval_processes=args.eval_processes,
+        **_own(args))
 
 
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +108,7 @@ def evaluate_request(args: argparse.Namespace) -> dict[str, Any]:
                 storage=args.storage, seeds=args.seeds, extra_methods=tuple(args.extra_methods),
                 model=args.model, data_dir=args.data_dir,
                 max_train_samples=args.max_train_samples, tracking_uri=args.tracking_uri,
-                home=args.home, processes=args.processes)
+                home=args.home, processes=args.processes, **_own(args))
 
 
 def prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,4 +120,4 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
 def prepare_request(args: argparse.Namespace) -> dict[str, Any]:
     return dict(task=args.task, model=args.model, data_dir=args.data_dir,
                 max_length=args.max_length, max_train_samples=args.max_train_samples,
-                home=args.home)
+                home=args.home, **_own(args))

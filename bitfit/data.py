@@ -95,8 +95,8 @@ def _read_custom(
 ) -> tuple[Task, dict[str, _Split], str | None]:
     """A custom task's splits with canonical columns, the task with its label names, and where
     those names came from (None when the task named them)."""
-    splits = {"train": _read_file(train_file, "training"),
-              "validation": _read_file(dev_file, "dev")}
+    splits = {"train": _read_file(train_file, "training", columns=task.columns),
+              "validation": _read_file(dev_file, "dev", columns=task.columns)}
     wanted = [*task.text_columns, task.label_column]
     for split in splits.values():
         missing = [c for c in wanted if c not in split.frame]
@@ -124,12 +124,26 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
                bool: "a boolean", type(None): "null"}
 
 
-def _read_file(path: str | os.PathLike[str], role: str = "data") -> _Split:
+def _read_file(path: str | os.PathLike[str], role: str = "data",
+               columns: tuple[str, ...] = ()) -> _Split:
+    """A data file's records; ``columns`` names the columns of a CSV/TSV without a header."""
     p = Path(path)
     source = f"{role} file {str(p)!r}"
     if not p.is_file():
         raise DataSourceError(f"{source} does not exist: check the path")
     suffix = p.suffix.lower()
+    if columns and suffix not in _TEXT_SEPARATORS:
+        raise ValueError(f"--columns names the columns of a CSV or TSV file without a header, "
+                         f"and {source} is {suffix}: leave --columns out")
+    if columns:
+        text = _read_text(p, source)
+        records = _csv_records(text, source) if suffix == ".csv" else _tsv_records(text)
+        frame = _table(records, source, _TEXT_SEPARATORS[suffix], header=False)
+        if frame.shape[1] != len(columns):
+            raise ValueError(f"{source} has {frame.shape[1]} fields per line and --columns "
+                             f"names {len(columns)} ({','.join(columns)}): name one column "
+                             "per field")
+        return _Split(frame.set_axis(list(columns), axis=1), source)
     if suffix == ".parquet":
         return _Split(_read_parquet(p, source), source)
     if suffix in (".json", ".jsonl"):

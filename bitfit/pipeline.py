@@ -28,6 +28,59 @@ EXTRA_METHODS = ("frozen", "rand")
 HELDOUT_FRACTION = 0.1  # the validation split a study selects on, carved from train
 
 
+@dataclasses.dataclass(frozen=True)
+class OwnData:
+    """A user's own labelled files instead of a GLUE task (all None/defaults: GLUE)."""
+
+    train_file: str | None = None
+    dev_file: str | None = None
+    text_columns: str = "sentence"  # one or two, comma-separated
+    label_column: str = "label"
+    regression: bool = False
+    columns: str | None = None  # comma-separated names for files without a header row
+
+    @property
+    def given(self) -> bool:
+        return bool(self.train_file or self.dev_file)
+
+    def digest(self) -> str:
+        """A short digest of the files' bytes and how they are read: a changed file is another
+        study."""
+        import hashlib
+
+        h = hashlib.sha256(repr((self.text_columns, self.label_column, self.regression,
+                                 self.columns)).encode())
+        for path in (self.train_file, self.dev_file):
+            h.update(Path(str(path)).read_bytes())
+        return h.hexdigest()[:8]
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
+
+
+def resolve_task(task: str, own: OwnData = OwnData()):
+    """The task: a GLUE task by name, or a custom task named ``task`` read from the user's
+    files (whose existence and columns are checked here, before anything loads)."""
+    from bitfit.data import DataSourceError
+    from bitfit.tasks import custom_task, load_task
+
+    if not own.given:
+        return load_task(task)
+    if not (own.train_file and own.dev_file):
+        raise ValueError("a custom task needs both --train-file and --dev-file")
+    for path in (own.train_file, own.dev_file):
+        if not Path(path).is_file():
+            raise DataSourceError(f"data file {path!r} does not exist: check the path")
+    texts, columns = _names(own.text_columns), _names(own.columns)
+    missing = [c for c in (*texts, own.label_column) if columns and c not in columns]
+    if missing:
+        raise ValueError(f"--columns {own.columns} has no column {missing[0]!r}: name it there, "
+                         "or fix --text-columns / --label-column")
+    return custom_task(task, text_columns=texts, label_column=own.label_column,
+                       regression=own.regression, columns=columns)
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -87,12 +140,11 @@ def check_search(*, task: str, space: str, baseline: bool, baseline_space: str,
                  threads: int | None, eval_processes: int | None,
                  max_train_samples: int | None, select_on: str, storage: str | None,
                  tracking_uri: str | None, home: str,
-                 extra_methods: tuple[str, ...]) -> tuple[str, str]:
+                 extra_methods: tuple[str, ...], own: OwnData = OwnData()) -> tuple[str, str]:
     """Everything about a search that can be checked before any model or data is loaded:
     counts, the task, the spaces and their objective, the home, and the stores (each must
     answer within seconds). Returns the storage URL and tracking URI to use, without secrets."""
     from bitfit.space import check_metric, load_space
-    from bitfit.tasks import load_task
 
     positive(n_trials=n_trials, workers=workers, threads=threads,
              eval_processes=eval_processes, max_train_samples=max_train_samples)
@@ -102,7 +154,7 @@ def check_search(*, task: str, space: str, baseline: bool, baseline_space: str,
     if select_on not in ("heldout", "dev"):
         raise ValueError(f"--select-on must be heldout or dev, got {select_on!r}")
     _check_extra(extra_methods)
-    glue_task = load_task(task)
+    glue_task = resolve_task(task, own)
     parsed = load_space(space)
     check_metric(parsed, glue_task)
     if seeds > 0 and parsed.method != "bitfit":
@@ -128,36 +180,39 @@ def check_search(*, task: str, space: str, baseline: bool, baseline_space: str,
 def check_evaluation(*, task: str, seeds: int, processes: int | None,
                      max_train_samples: int | None, extra_methods: tuple[str, ...],
                      storage: str | None, tracking_uri: str | None,
-                     home: str) -> tuple[str, str]:
+                     home: str, own: OwnData = OwnData()) -> tuple[str, str]:
     """The checks of a final evaluation that need no model or data; the storage URL and
     tracking URI to use, without secrets."""
-    from bitfit.tasks import load_task
-
     positive(seeds=seeds, processes=processes, max_train_samples=max_train_samples)
     _check_extra(extra_methods)
-    load_task(task)
+    resolve_task(task, own)
     return check_stores(storage, tracking_uri, home)
 
 
 # --------------------------------------------------------------------------- studies
 
 
-def default_study_name(task: str, space: str, samples: int | None, select_on: str) -> str:
-    """The default name of a study: task, space, sample size and selection split."""
-    return "-".join([task, space] + ([f"n{samples}"] if samples else []) +
-                    (["dev"] if select_on == "dev" else []))
+def default_study_name(task: str, space: str, samples: int | None, select_on: str,
+                       own: OwnData = OwnData()) -> str:
+    """The default name of a study: task (with a digest of the user's files for a custom
+    task, so a changed file never resumes another file's study), space, sample size and
+    selection split."""
+    return "-".join([task] + ([own.digest()] if own.given else []) + [space]
+                    + ([f"n{samples}"] if samples else []) + (["dev"] if select_on == "dev"
+                                                              else []))
 
 
 def study_data(base: BaseModel, task: str, space, *, data_dir: str | None,
-               max_train_samples: int | None, select_on: str, home: str) -> TaskData:
+               max_train_samples: int | None, select_on: str, home: str,
+               own: OwnData = OwnData()) -> TaskData:
     """The data a study searches on: the space's sample size unless one is given, and a
     held-out split carved from train unless it selects on dev."""
     from bitfit.data import prepare
-    from bitfit.tasks import load_task
 
     samples = max_train_samples or space.max_train_samples
     fraction = HELDOUT_FRACTION if select_on == "heldout" else None
-    return prepare(load_task(task), base.tokenizer, data_dir=data_dir,
+    return prepare(resolve_task(task, own), base.tokenizer, data_dir=data_dir,
+                   train_file=own.train_file, dev_file=own.dev_file,
                    max_length=space.max_length, max_train_samples=samples,
                    validation_fraction=fraction, cache_dir=Path(home) / "cache")
 
@@ -322,12 +377,12 @@ def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
 
 
 def final_data(base: BaseModel, task: str, *, data_dir: str | None, max_length: int,
-               max_train_samples: int | None, home: str) -> TaskData:
+               max_train_samples: int | None, home: str, own: OwnData = OwnData()) -> TaskData:
     """The whole training split (or its sample) and dev: what the final runs train and score."""
     from bitfit.data import prepare
-    from bitfit.tasks import load_task
 
-    return prepare(load_task(task), base.tokenizer, data_dir=data_dir, max_length=max_length,
+    return prepare(resolve_task(task, own), base.tokenizer, data_dir=data_dir,
+                   train_file=own.train_file, dev_file=own.dev_file, max_length=max_length,
                    max_train_samples=max_train_samples, validation_fraction=None,
                    cache_dir=Path(home) / "cache")
 
@@ -339,7 +394,11 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         home: str | None = None, baseline: bool = True, baseline_space: str = "full_ft",
         baseline_study: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
         workers: int = 1, quick: bool = False, threads: int | None = None,
-        eval_processes: int | None = None, phase: Callable[..., Any] = _direct,
+        eval_processes: int | None = None,
+        train_file: str | None = None, dev_file: str | None = None,
+        text_columns: str = "sentence", label_column: str = "label", regression: bool = False,
+        columns: str | None = None,
+        phase: Callable[..., Any] = _direct,
         on_workers: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole pipeline: prepare -> BitFit study -> full fine-tuning study -> final
     evaluation -> report; its summary, JSON-ready.
@@ -350,11 +409,13 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         on_workers: ``on_workers(workers, data, parameters)`` runs a study as ``workers``
             workers elsewhere (a Prefect work pool) and returns its summary; needed when
             ``workers`` > 1.
-        The rest: as the options of ``python flows/search.py`` (``--help``).
+        The rest: as the options of ``python flows/search.py`` (``--help``); ``train_file``
+        and the rest of that group read a custom task from the user's files.
     """
     from bitfit.settings import home_dir
     from bitfit.space import load_space
 
+    own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
     home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
     if quick:
         space, baseline_space = QUICK["space"], QUICK["baseline_space"]
@@ -363,7 +424,7 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         baseline_study=baseline_study, n_trials=n_trials, seeds=seeds, workers=workers,
         threads=threads, eval_processes=eval_processes, max_train_samples=max_train_samples,
         select_on=select_on, storage=storage, tracking_uri=tracking_uri, home=home,
-        extra_methods=tuple(extra_methods))
+        extra_methods=tuple(extra_methods), own=own)
     if workers > 1 and on_workers is None:
         raise ValueError(f"--workers {workers} runs each study on a Prefect work pool: run it "
                          "with python flows/search.py or the bitfit-search deployment")
@@ -373,15 +434,16 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         import torch
 
         torch.set_num_threads(threads)
-    name = study_name or default_study_name(task, parsed.name, samples, select_on)
+    name = study_name or default_study_name(task, parsed.name, samples, select_on, own)
     base = phase(load_model, model)
     data = phase(study_data, base, task, parsed, data_dir=data_dir,
-                 max_train_samples=max_train_samples, select_on=select_on, home=home)
+                 max_train_samples=max_train_samples, select_on=select_on, home=home, own=own)
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
     worker_params = {"task": task, "model": model, "data_dir": data_dir,
                      "max_train_samples": max_train_samples, "select_on": select_on,
                      "threads": threads or max(1, (os.cpu_count() or 1) // workers),
-                     "storage": storage, "tracking_uri": tracking_uri, "home": home}
+                     "storage": storage, "tracking_uri": tracking_uri, "home": home,
+                     **dataclasses.asdict(own)}
 
     def stage(data: TaskData, space: str, trials: int | None, study: str,
               samples: int | None) -> dict[str, Any]:
@@ -402,11 +464,11 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         full_study = f"{name}-{full_space.name}"
         full_data = data if full_samples == samples else phase(
             study_data, base, task, full_space, data_dir=data_dir,
-            max_train_samples=max_train_samples, select_on=select_on, home=home)
+            max_train_samples=max_train_samples, select_on=select_on, home=home, own=own)
         summary["baseline"] = stage(full_data, baseline_space, None, full_study, full_samples)
     if seeds > 0 and summary["best_value"] is not None:
         final = phase(final_data, base, task, data_dir=data_dir, max_length=parsed.max_length,
-                      max_train_samples=max_train_samples, home=home)
+                      max_train_samples=max_train_samples, home=home, own=own)
         summary["evaluation"] = phase(
             evaluate_studies, base, final, storage=storage, bitfit_study=name,
             full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
@@ -420,20 +482,23 @@ def evaluate(*, task: str = "cola", bitfit_study: str, full_study: str | None = 
              model: str | None = None, data_dir: str | None = None,
              max_train_samples: int | None = None, max_length: int = 128,
              tracking_uri: str | None = None, home: str | None = None,
-             processes: int | None = None,
+             processes: int | None = None, train_file: str | None = None,
+             dev_file: str | None = None, text_columns: str = "sentence",
+             label_column: str = "label", regression: bool = False, columns: str | None = None,
              phase: Callable[..., Any] = _direct) -> dict[str, Any]:
     """The final evaluation alone: each study's best configuration with ``seeds`` seeds on the
     whole training split, compared on dev; the comparison, JSON-ready."""
     from bitfit.settings import home_dir
 
+    own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
     home = str(home_dir(home))
     storage, tracking_uri = check_evaluation(
         task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
         extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
-        home=home)
+        home=home, own=own)
     base = phase(load_model, model)
     data = phase(final_data, base, task, data_dir=data_dir, max_length=max_length,
-                 max_train_samples=max_train_samples, home=home)
+                 max_train_samples=max_train_samples, home=home, own=own)
     return phase(evaluate_studies, base, data, storage=storage, bitfit_study=bitfit_study,
                  full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
                  tracking_uri=tracking_uri, home=home,
@@ -443,19 +508,23 @@ def evaluate(*, task: str = "cola", bitfit_study: str, full_study: str | None = 
 def prepare(*, task: str = "cola", model: str | None = None, data_dir: str | None = None,
             max_length: int = 128, max_train_samples: int | None = None,
             validation_fraction: float | None = HELDOUT_FRACTION, home: str | None = None,
+            train_file: str | None = None, dev_file: str | None = None,
+            text_columns: str = "sentence", label_column: str = "label",
+            regression: bool = False, columns: str | None = None,
             phase: Callable[..., Any] = _direct) -> dict[str, Any]:
     """Tokenise a task's splits into the run home's cache; the split sizes."""
     from bitfit.data import prepare as prepare_splits
     from bitfit.settings import home_dir
-    from bitfit.tasks import load_task
 
     positive(max_train_samples=max_train_samples)
     if max_length < 8:
         raise ValueError(f"--max-length must be at least 8 tokens, got {max_length}")
-    glue_task = load_task(task)
+    own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
+    the_task = resolve_task(task, own)
     home = str(home_dir(home))
     base = phase(load_model, model)
-    data = phase(prepare_splits, glue_task, base.tokenizer, data_dir=data_dir,
+    data = phase(prepare_splits, the_task, base.tokenizer, data_dir=data_dir,
+                 train_file=own.train_file, dev_file=own.dev_file,
                  max_length=max_length, max_train_samples=max_train_samples,
                  validation_fraction=validation_fraction, cache_dir=Path(home) / "cache")
     return {"task": data.task.name, "train": len(data.train),

@@ -36,6 +36,7 @@ class Task:
     dev_files: dict[str, str] = field(default_factory=lambda: {"validation": "dev.tsv"})
     label_column: str = "label"
     regression: bool = False
+    columns: tuple[str, ...] = ()  # a custom task's column names, for files without a header
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.text_columns) <= 2:
@@ -113,6 +114,7 @@ def custom_task(
     label_column: str = "label",
     label_names: tuple[str, ...] = (),
     regression: bool = False,
+    columns: tuple[str, ...] = (),
 ) -> Task:
     """A task read from the user's own files.
 
@@ -123,7 +125,9 @@ def custom_task(
         label_names: class names; when empty for a classification task they are read from the
             training file (sorted unique values).
         regression: a float target scored by Pearson and Spearman instead of classes.
+        columns: the names of the columns of CSV/TSV files that have no header row.
     """
     metrics = ("pearson", "spearman") if regression else ("accuracy", "f1_macro")
     return Task(name, tuple(text_columns), () if regression else tuple(label_names), metrics,
-                label_column=label_column, dev_files={"validation": ""}, regression=regression)
+                label_column=label_column, dev_files={"validation": ""}, regression=regression,
+                columns=tuple(columns))

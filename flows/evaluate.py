@@ -31,7 +31,10 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
              model: str | None = None, data_dir: str | None = None,
              max_train_samples: int | None = None, max_length: int = 128,
              tracking_uri: str | None = None, home: str | None = None,
-             processes: int | None = None) -> dict:
+             processes: int | None = None, train_file: str | None = None,
+             dev_file: str | None = None, text_columns: str = "sentence",
+             label_column: str = "label", regression: bool = False,
+             columns: str | None = None) -> dict:
     """Best configs -> S seeds each on the whole training split -> comparison on dev.
 
     ``processes``: runs trained at once (default: one per core on a CPU, up to 4; 1: one after
@@ -44,7 +47,9 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
                              model=model, data_dir=data_dir,
                              max_train_samples=max_train_samples, max_length=max_length,
                              tracking_uri=tracking_uri, home=home, processes=processes,
-                             phase=as_task)
+                             train_file=train_file, dev_file=dev_file,
+                             text_columns=text_columns, label_column=label_column,
+                             regression=regression, columns=columns, phase=as_task)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         # Checked before Prefect starts; the passwords never reach the flow's parameters.
         storage, tracking_uri = pipeline.check_evaluation(
             **{k: request[k] for k in ("task", "seeds", "processes", "max_train_samples",
-                                       "extra_methods", "storage", "tracking_uri", "home")})
+                                       "extra_methods", "storage", "tracking_uri", "home")},
+            own=pipeline.OwnData(*[request[k] for k in ("train_file", "dev_file",
+                                                        "text_columns", "label_column",
+                                                        "regression", "columns")]))
         check_prefect_api()
         return evaluate(**{**request, "storage": storage, "tracking_uri": tracking_uri})
 

@@ -34,11 +34,17 @@ def as_task(fn, *args, **kwargs):
 def prepare(task: str = "cola", model: str | None = None, data_dir: str | None = None,
             max_length: int = 128, max_train_samples: int | None = None,
             validation_fraction: float | None = pipeline.HELDOUT_FRACTION,
-            home: str | None = None) -> dict:
+            home: str | None = None, train_file: str | None = None,
+            dev_file: str | None = None, text_columns: str = "sentence",
+            label_column: str = "label", regression: bool = False,
+            columns: str | None = None) -> dict:
     """Prepare a task's data for a search; returns the split sizes."""
     return pipeline.prepare(task=task, model=model, data_dir=data_dir, max_length=max_length,
                             max_train_samples=max_train_samples,
-                            validation_fraction=validation_fraction, home=home, phase=as_task)
+                            validation_fraction=validation_fraction, home=home,
+                            train_file=train_file, dev_file=dev_file,
+                            text_columns=text_columns, label_column=label_column,
+                            regression=regression, columns=columns, phase=as_task)
 
 
 def main(argv: list[str] | None = None) -> int:

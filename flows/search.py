@@ -99,7 +99,10 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
           space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
           tracking_uri: str | None = None, study_name: str | None = None,
           max_train_samples: int | None = None, select_on: str = "heldout",
-          home: str | None = None, threads: int | None = None) -> dict:
+          home: str | None = None, threads: int | None = None,
+          train_file: str | None = None, dev_file: str | None = None,
+          text_columns: str = "sentence", label_column: str = "label",
+          regression: bool = False, columns: str | None = None) -> dict:
     """One worker of a study: load the model once, then run trials until the study's budget
     is spent, together with every other worker on the same storage. ``threads``: CPU threads
     for training (default: torch's, one per core)."""
@@ -110,7 +113,9 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
                         n_trials=n_trials, storage=storage, tracking_uri=tracking_uri,
                         study_name=study_name, max_train_samples=max_train_samples,
                         select_on=select_on, home=home, baseline=False, seeds=0,
-                        threads=threads, phase=as_task)
+                        threads=threads, train_file=train_file, dev_file=dev_file,
+                        text_columns=text_columns, label_column=label_column,
+                        regression=regression, columns=columns, phase=as_task)
 
 
 @flow(name="bitfit-search")
@@ -121,7 +126,10 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            home: str | None = None, baseline: bool = True, baseline_space: str = "full_ft",
            baseline_study: str | None = None, seeds: int = 5,
            extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False,
-           threads: int | None = None, eval_processes: int | None = None) -> dict:
+           threads: int | None = None, eval_processes: int | None = None,
+           train_file: str | None = None, dev_file: str | None = None,
+           text_columns: str = "sentence", label_column: str = "label",
+           regression: bool = False, columns: str | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     ``baseline=False`` skips full fine-tuning; ``baseline_study`` reuses an existing study (in
@@ -143,6 +151,8 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
                         baseline_space=baseline_space, baseline_study=baseline_study,
                         seeds=seeds, extra_methods=tuple(extra_methods), workers=workers,
                         quick=quick, threads=threads, eval_processes=eval_processes,
+                        train_file=train_file, dev_file=dev_file, text_columns=text_columns,
+                        label_column=label_column, regression=regression, columns=columns,
                         phase=as_task, on_workers=on_workers)
 
 
@@ -163,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             **{k: request[k] for k in ("task", "baseline", "baseline_study", "n_trials",
                                        "seeds", "workers", "threads", "eval_processes",
                                        "max_train_samples", "select_on", "storage",
-                                       "tracking_uri", "home", "extra_methods")}, **spaces)
+                                       "tracking_uri", "home", "extra_methods")}, **spaces,
+            own=pipeline.OwnData(*[request[k] for k in ("train_file", "dev_file",
+                                                        "text_columns", "label_column",
+                                                        "regression", "columns")]))
         check_workers(args.workers, storage, tracking_uri)
         check_prefect_api()
         return search(**{**request, "storage": storage, "tracking_uri": tracking_uri})

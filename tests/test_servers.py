@@ -99,9 +99,9 @@ def test_a_worker_stopped_mid_trial_leaves_the_study_consistent(stack, glue_dir,
             study = optuna.load_study(study_name="interrupted", storage=stack.optuna_storage)
         except KeyError:  # not created yet
             continue
-        # well into a trial: its parameters drawn, so that its retry can be compared
+        # well into a trial: its parameters drawn and its MLflow run recorded
         running = [t for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING])
-                   if t.params]
+                   if t.params and "mlflow_run_id" in t.user_attrs]
     first.kill()  # no chance to clean up, as when a machine goes away
     first.communicate()
     assert running, "the first worker never started a trial"
