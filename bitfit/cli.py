@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="bitfit", choices=METHODS)
     p.add_argument("--subset", default="all",
                    help="bias subset: all, qm2, attention, mlp, layernorm or terms like q+m2+ln2")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", "--learning-rate", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--epochs", "--num-train-epochs", type=int, default=3)
+    p.add_argument("--batch-size", "--per-device-train-batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -58,25 +58,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=None,
                    help="carve a seeded, stratified validation split of this share out of train "
                    "and select the best epoch on it (dev is still reported)")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", "--max-seq-length", type=int, default=128)
     p.add_argument("--data-dir", default=None, help="folder in the official GLUE layout "
                    "(default: $BITFIT_GLUE_DIR, else the Hub's nyu-mll/glue)")
     p.add_argument("--train-file", default=None, help="custom task: training file "
                    "(.csv, .tsv, .json, .jsonl, .parquet)")
-    p.add_argument("--dev-file", default=None, help="custom task: evaluation file")
+    p.add_argument("--dev-file", "--validation-file", default=None,
+                   help="custom task: evaluation file")
     p.add_argument("--text-columns", default="sentence",
                    help="custom task: one or two comma-separated text columns")
     p.add_argument("--label-column", default="label", help="custom task: label column")
     p.add_argument("--regression", action="store_true", help="custom task: a float target")
-    p.add_argument("--model", default=None, help="local folder or Hub id (default: the bundled "
-                   "all-MiniLM-L6-v2)")
+    p.add_argument("--model", "--model-name-or-path", default=None,
+                   help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", default="auto", choices=POOLINGS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--home", default=None, help="run home for the cache and artifacts "
                    f"(default: ${HOME_ENV} or ./runs)")
-    p.add_argument("--out", default=None, help="artifact folder (default: under the run home); "
-                   "refused if it exists and is not empty, unless --overwrite")
+    p.add_argument("--out", "--output-dir", default=None,
+                   help="artifact folder (default: under the run home); refused if it exists "
+                   "and is not empty, unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="write the artifact into an existing, non-empty --out folder, replacing "
                    "the artifact there")

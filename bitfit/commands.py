@@ -16,17 +16,19 @@ from bitfit.settings import home_dir
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="cola", help="GLUE task (cola, sst2, mrpc, stsb, "
                         "qqp, mnli, qnli, rte, wnli)")
-    parser.add_argument("--model", default=None, help="local folder or Hub id (default: the "
-                        "bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--model", "--model-name-or-path", default=None,
+                        help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--data-dir", default=None, help="GLUE folder (default: "
                         "$BITFIT_GLUE_DIR, else the Hub)")
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--home", default=str(home_dir()), help="run home (default: "
                         "$BITFIT_HOME, else ./runs)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (with "
+                        "--workers K on n GPUs, worker i takes GPU i mod n)")
     own = parser.add_argument_group("your own data (a custom task named by --task)")
     own.add_argument("--train-file", default=None, help="training file (.csv, .tsv or "
                      "tab-separated .txt, .json, .jsonl, .parquet)")
-    own.add_argument("--dev-file", default=None, help="evaluation file")
+    own.add_argument("--dev-file", "--validation-file", default=None, help="evaluation file")
     own.add_argument("--text-columns", default="sentence", help="one or two comma-separated "
                      "text columns")
     own.add_argument("--label-column", default="label", help="the label column")
@@ -88,7 +90,7 @@ def search_request(args: argparse.Namespace) -> dict[str, Any]:
         baseline_space=args.baseline_space, baseline_study=args.baseline_study,
         seeds=args.seeds, extra_methods=tuple(args.extra_methods), workers=args.workers,
         quick=args.quick, threads=args.threads, eval_processes=args.eval_processes,
-        **_own(args))
+        device=args.device, **_own(args))
 
 
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,13 +110,13 @@ def evaluate_request(args: argparse.Namespace) -> dict[str, Any]:
                 storage=args.storage, seeds=args.seeds, extra_methods=tuple(args.extra_methods),
                 model=args.model, data_dir=args.data_dir,
                 max_train_samples=args.max_train_samples, tracking_uri=args.tracking_uri,
-                home=args.home, processes=args.processes, **_own(args))
+                home=args.home, processes=args.processes, device=args.device, **_own(args))
 
 
 def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of data preparation (``bitfit prepare``, ``flows/prepare.py``)."""
     _common(parser)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", "--max-seq-length", type=int, default=128)
 
 
 def prepare_request(args: argparse.Namespace) -> dict[str, Any]:

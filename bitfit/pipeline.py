@@ -128,6 +128,31 @@ def check_shared_stores(workers: int, storage: str, tracking_uri: str) -> None:
             "$MLFLOW_TRACKING_URI to http://HOST:PORT (python infra/stack.py starts one)")
 
 
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and a GPU only where torch has one."""
+    import re
+
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise ValueError(f"--device {device} asks for a GPU, and torch sees {count} here: "
+                             "use --device auto or cpu, or a GPU that exists")
+
+
+def worker_device(device: str, index: int, gpus: int) -> str:
+    """The device of worker ``index`` of several on a machine with ``gpus`` GPUs: GPU
+    ``index mod gpus`` when the device is ``auto`` or ``cuda``; a named one (``cpu``,
+    ``cuda:N``) is kept."""
+    if device in ("auto", "cuda") and gpus > 0:
+        return f"cuda:{index % gpus}"
+    return device
+
+
 def _check_extra(extra_methods: tuple[str, ...]) -> None:
     for method in extra_methods:
         if method not in EXTRA_METHODS:
@@ -219,7 +244,7 @@ def study_data(base: BaseModel, task: str, space, *, data_dir: str | None,
 
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
                  storage: str, tracking_uri: str, study_name: str, home: str,
-                 run_params: dict[str, Any],
+                 run_params: dict[str, Any], device: str = "auto",
                  log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Run (or resume) a study, every trial recorded in MLflow; its summary."""
     from bitfit.space import load_space
@@ -228,7 +253,7 @@ def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int |
 
     outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
                         home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
-                        run_params=run_params, log=log)
+                        run_params=run_params, device=device, log=log)
     return study_summary(outcome.study, outcome.experiment_id, outcome.ran, data,
                          storage=storage, tracking_uri=tracking_uri, home=home)
 
@@ -300,6 +325,7 @@ def evaluation_configs(storage: str, *, bitfit_study: str, full_study: str | Non
 def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_study: str,
                      full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
                      tracking_uri: str, home: str, name: str, processes: int | None = None,
+                     device: str = "auto",
                      log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Train each method's best configuration with each seed; the comparison, JSON-ready."""
     from bitfit.compare import compare
@@ -308,7 +334,8 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
     configs = evaluation_configs(storage, bitfit_study=bitfit_study, full_study=full_study,
                                  extra_methods=extra_methods, task=data.task.name)
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
-                         tracker=Tracker(tracking_uri, home=home), processes=processes, log=log)
+                         tracker=Tracker(tracking_uri, home=home), processes=processes,
+                         device=device, log=log)
     return {"table": comparison.markdown, "p_value": comparison.p_value,
             "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
             "evaluation_run_id": comparison.parent_run_id,
@@ -394,7 +421,7 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         home: str | None = None, baseline: bool = True, baseline_space: str = "full_ft",
         baseline_study: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
         workers: int = 1, quick: bool = False, threads: int | None = None,
-        eval_processes: int | None = None,
+        eval_processes: int | None = None, device: str = "auto",
         train_file: str | None = None, dev_file: str | None = None,
         text_columns: str = "sentence", label_column: str = "label", regression: bool = False,
         columns: str | None = None,
@@ -425,6 +452,7 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         threads=threads, eval_processes=eval_processes, max_train_samples=max_train_samples,
         select_on=select_on, storage=storage, tracking_uri=tracking_uri, home=home,
         extra_methods=tuple(extra_methods), own=own)
+    check_device(device)
     if workers > 1 and on_workers is None:
         raise ValueError(f"--workers {workers} runs each study on a Prefect work pool: run it "
                          "with python flows/search.py or the bitfit-search deployment")
@@ -443,7 +471,7 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
                      "max_train_samples": max_train_samples, "select_on": select_on,
                      "threads": threads or max(1, (os.cpu_count() or 1) // workers),
                      "storage": storage, "tracking_uri": tracking_uri, "home": home,
-                     **dataclasses.asdict(own)}
+                     "device": device, **dataclasses.asdict(own)}
 
     def stage(data: TaskData, space: str, trials: int | None, study: str,
               samples: int | None) -> dict[str, Any]:
@@ -454,7 +482,7 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
         return phase(search_study, base, data, space=space, n_trials=trials, storage=storage,
                      tracking_uri=tracking_uri, study_name=study, home=home,
                      run_params={**run_params, "max_train_samples": samples,
-                                 "train_examples": len(data.train)})
+                                 "train_examples": len(data.train)}, device=device)
 
     summary = stage(data, space, n_trials, name, samples)
     full_study = baseline_study if baseline else None
@@ -473,7 +501,7 @@ def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = 
             evaluate_studies, base, final, storage=storage, bitfit_study=name,
             full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
             tracking_uri=tracking_uri, home=home, name=evaluation_name(name, full_study, seeds),
-            processes=eval_processes)
+            processes=eval_processes, device=device)
     return summary
 
 
@@ -485,7 +513,7 @@ def evaluate(*, task: str = "cola", bitfit_study: str, full_study: str | None = 
              processes: int | None = None, train_file: str | None = None,
              dev_file: str | None = None, text_columns: str = "sentence",
              label_column: str = "label", regression: bool = False, columns: str | None = None,
-             phase: Callable[..., Any] = _direct) -> dict[str, Any]:
+             device: str = "auto", phase: Callable[..., Any] = _direct) -> dict[str, Any]:
     """The final evaluation alone: each study's best configuration with ``seeds`` seeds on the
     whole training split, compared on dev; the comparison, JSON-ready."""
     from bitfit.settings import home_dir
@@ -496,13 +524,15 @@ def evaluate(*, task: str = "cola", bitfit_study: str, full_study: str | None = 
         task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
         extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
         home=home, own=own)
+    check_device(device)
     base = phase(load_model, model)
     data = phase(final_data, base, task, data_dir=data_dir, max_length=max_length,
                  max_train_samples=max_train_samples, home=home, own=own)
     return phase(evaluate_studies, base, data, storage=storage, bitfit_study=bitfit_study,
                  full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
                  tracking_uri=tracking_uri, home=home,
-                 name=evaluation_name(bitfit_study, full_study, seeds), processes=processes)
+                 name=evaluation_name(bitfit_study, full_study, seeds), processes=processes,
+                 device=device)
 
 
 def prepare(*, task: str = "cola", model: str | None = None, data_dir: str | None = None,

@@ -34,7 +34,7 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
              processes: int | None = None, train_file: str | None = None,
              dev_file: str | None = None, text_columns: str = "sentence",
              label_column: str = "label", regression: bool = False,
-             columns: str | None = None) -> dict:
+             columns: str | None = None, device: str = "auto") -> dict:
     """Best configs -> S seeds each on the whole training split -> comparison on dev.
 
     ``processes``: runs trained at once (default: one per core on a CPU, up to 4; 1: one after
@@ -49,7 +49,8 @@ def evaluate(task: str = "cola", bitfit_study: str = "cola-bitfit", full_study: 
                              tracking_uri=tracking_uri, home=home, processes=processes,
                              train_file=train_file, dev_file=dev_file,
                              text_columns=text_columns, label_column=label_column,
-                             regression=regression, columns=columns, phase=as_task)
+                             regression=regression, columns=columns, device=device,
+                             phase=as_task)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,12 @@ def run_workers(workers: int, parameters: dict, *, deployment: str = WORKER_DEPL
     from prefect.exceptions import ObjectNotFound
 
     try:
-        runs = [run_deployment(deployment, parameters=parameters, timeout=0,
+        import torch
+
+        gpus = torch.cuda.device_count()
+        runs = [run_deployment(deployment, timeout=0,
+                               parameters={**parameters, "device": pipeline.worker_device(
+                                   parameters.get("device", "auto"), i, gpus)},
                                flow_run_name=f"{parameters['study_name']}-worker-{i}")
                 for i in range(workers)]
     except ObjectNotFound:
@@ -99,7 +104,7 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
           space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
           tracking_uri: str | None = None, study_name: str | None = None,
           max_train_samples: int | None = None, select_on: str = "heldout",
-          home: str | None = None, threads: int | None = None,
+          home: str | None = None, threads: int | None = None, device: str = "auto",
           train_file: str | None = None, dev_file: str | None = None,
           text_columns: str = "sentence", label_column: str = "label",
           regression: bool = False, columns: str | None = None) -> dict:
@@ -115,7 +120,8 @@ def study(task: str = "cola", model: str | None = None, data_dir: str | None = N
                         select_on=select_on, home=home, baseline=False, seeds=0,
                         threads=threads, train_file=train_file, dev_file=dev_file,
                         text_columns=text_columns, label_column=label_column,
-                        regression=regression, columns=columns, phase=as_task)
+                        regression=regression, columns=columns, device=device,
+                        phase=as_task)
 
 
 @flow(name="bitfit-search")
@@ -127,7 +133,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
            baseline_study: str | None = None, seeds: int = 5,
            extra_methods: tuple[str, ...] = (), workers: int = 1, quick: bool = False,
            threads: int | None = None, eval_processes: int | None = None,
-           train_file: str | None = None, dev_file: str | None = None,
+           device: str = "auto", train_file: str | None = None, dev_file: str | None = None,
            text_columns: str = "sentence", label_column: str = "label",
            regression: bool = False, columns: str | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
@@ -153,7 +159,7 @@ def search(task: str = "cola", model: str | None = None, data_dir: str | None = 
                         quick=quick, threads=threads, eval_processes=eval_processes,
                         train_file=train_file, dev_file=dev_file, text_columns=text_columns,
                         label_column=label_column, regression=regression, columns=columns,
-                        phase=as_task, on_workers=on_workers)
+                        device=device, phase=as_task, on_workers=on_workers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bitfit.artifacts import Predictor
-from bitfit.cli import main
+from bitfit.cli import _parser, main
+from bitfit.pipeline import check_device, worker_device
 
 
 def _headerless(source, target, rows: int, flip: int | None = None) -> None:
@@ -46,3 +49,34 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
 
     assert code == 0 and again["trials"] == 1
     assert again["study_name"] != summary["study_name"]
+
+
+@pytest.mark.parametrize("device, index, gpus, expected", [
+    ("auto", 0, 2, "cuda:0"), ("auto", 3, 2, "cuda:1"), ("cuda", 2, 4, "cuda:2"),
+    ("auto", 1, 0, "auto"), ("cpu", 1, 2, "cpu"), ("cuda:1", 0, 2, "cuda:1"),
+])
+def test_worker_i_of_k_takes_gpu_i_mod_n(device, index, gpus, expected):
+    assert worker_device(device, index, gpus) == expected
+
+
+def test_a_device_that_is_not_there_is_refused_by_name():
+    import torch
+
+    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        check_device("gpu")
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ValueError, match=f"--device {missing} asks for a GPU"):
+        check_device(missing)
+    check_device("cpu")
+
+
+def test_run_glue_spellings_are_aliases_of_ours():
+    args = _parser().parse_args(
+        ["train", "--task", "cola", "--learning-rate", "2e-5", "--num-train-epochs", "2",
+         "--per-device-train-batch-size", "16", "--max-seq-length", "64",
+         "--model-name-or-path", "m", "--output-dir", "o", "--validation-file", "d.csv"])
+    assert (args.lr, args.epochs, args.batch_size, args.max_length, args.model, args.out,
+            args.dev_file) == (2e-5, 2, 16, 64, "m", "o", "d.csv")
+    search = _parser().parse_args(["search", "--model-name-or-path", "m", "--validation-file",
+                                   "d.tsv", "--device", "cpu"])
+    assert (search.model, search.dev_file, search.device) == ("m", "d.tsv", "cpu")
