@@ -99,11 +99,10 @@ def _check_args(args: argparse.Namespace) -> None:
         ValueError: a number out of range.
         FileExistsError: ``--out`` holds files and ``--overwrite`` was not given.
     """
+    from bitfit.entry import at_least
+
     for name, least in _AT_LEAST.items():
-        value = getattr(args, name)
-        if value is not None and value < least:
-            raise ValueError(f"--{name.replace('_', '-')} must be a whole number of {least} or "
-                             f"more, got {value}")
+        at_least(least, **{name: getattr(args, name)})
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a number above 0 (e.g. 1e-3), got {args.lr}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):

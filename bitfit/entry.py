@@ -18,7 +18,9 @@ from bitfit.interrupts import catch_signals, exit_code, is_interruption, signal_
 from bitfit.services import mask_url
 from bitfit.settings import quiet_environment, quiet_logging
 
-__all__ = ["positive", "quiet_environment", "quiet_logging", "run_command", "user_error"]
+__all__ = ["at_least", "positive", "quiet_environment", "quiet_logging", "run_command",
+           "user_error"]
+
 
 def user_error(err: BaseException) -> str | None:
     """The one sentence for an error that is the user's to fix (or a service's), else None."""
@@ -71,10 +73,16 @@ def run_command(work: Callable[[], Any], *, show: Callable[[Any], None]) -> int:
     return 0
 
 
-def positive(**counts: int | None) -> None:
-    """Refuse a count below 1 (None means 'the default')."""
+def at_least(least: int, **counts: int | None) -> None:
+    """Refuse a count that is not a whole number of ``least`` or more (None: the default), in
+    the same words for every command."""
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
+                                  or value < least):
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be a whole number of 1 or more, got {value!r}")
+            raise ValueError(f"{flag} must be a whole number of {least} or more, got {value!r}")
+
+
+def positive(**counts: int | None) -> None:
+    """Refuse a count below 1 (None means 'the default')."""
+    at_least(1, **counts)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bitfit.data import TaskData
-from bitfit.entry import positive
+from bitfit.entry import at_least, positive
 from bitfit.models import BaseModel
 from bitfit.services import mask_url
 
@@ -38,6 +38,11 @@ class OwnData:
     label_column: str = "label"
     regression: bool = False
     columns: str | None = None  # comma-separated names for files without a header row
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> OwnData:
+        """The own-data options of a command's request (``bitfit.commands``)."""
+        return cls(**{f.name: request[f.name] for f in dataclasses.fields(cls)})
 
     @property
     def given(self) -> bool:
@@ -547,8 +552,7 @@ def prepare(*, task: str = "cola", model: str | None = None, data_dir: str | Non
     from bitfit.settings import home_dir
 
     positive(max_train_samples=max_train_samples)
-    if max_length < 8:
-        raise ValueError(f"--max-length must be at least 8 tokens, got {max_length}")
+    at_least(8, max_length=max_length)
     own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
     the_task = resolve_task(task, own)
     home = str(home_dir(home))

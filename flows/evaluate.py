@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         storage, tracking_uri = pipeline.check_evaluation(
             **{k: request[k] for k in ("task", "seeds", "processes", "max_train_samples",
                                        "extra_methods", "storage", "tracking_uri", "home")},
-            own=pipeline.OwnData(*[request[k] for k in ("train_file", "dev_file",
-                                                        "text_columns", "label_column",
-                                                        "regression", "columns")]))
+            own=pipeline.OwnData.from_request(request))
         check_prefect_api()
         return evaluate(**{**request, "storage": storage, "tracking_uri": tracking_uri})
 

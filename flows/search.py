@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "seeds", "workers", "threads", "eval_processes",
                                        "max_train_samples", "select_on", "storage",
                                        "tracking_uri", "home", "extra_methods")}, **spaces,
-            own=pipeline.OwnData(*[request[k] for k in ("train_file", "dev_file",
-                                                        "text_columns", "label_column",
-                                                        "regression", "columns")]))
+            own=pipeline.OwnData.from_request(request))
         check_workers(args.workers, storage, tracking_uri)
         check_prefect_api()
         return search(**{**request, "storage": storage, "tracking_uri": tracking_uri})
