@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="custom task: one or two comma-separated text columns")
     p.add_argument("--label-column", default="label", help="custom task: label column")
     p.add_argument("--regression", action="store_true", help="custom task: a float target")
+    p.add_argument("--columns", default=None, help="custom task: comma-separated column names "
+                   "of CSV/TSV files without a header row, e.g. sentence,label")
+    p.add_argument("--test-file", default=None, help="custom task: a labelled test file, "
+                   "scored after training (never selected on)")
     p.add_argument("--model", "--model-name-or-path", default=None,
                    help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", default="auto", choices=POOLINGS)
@@ -123,7 +127,7 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
     from bitfit.artifacts import save_artifact, unique_folder
     from bitfit.data import prepare
     from bitfit.models import load_base
-    from bitfit.tasks import custom_task, load_task
+    from bitfit.pipeline import OwnData, resolve_task
     from bitfit.train import TrainConfig, train
 
     hf_logging.set_verbosity_error()
@@ -134,16 +138,13 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
         weight_decay=args.weight_decay, eval_every=args.eval_every, precision=args.precision,
         dropout=args.dropout,
     )
-    if args.train_file or args.dev_file:
-        columns = tuple(c.strip() for c in args.text_columns.split(",") if c.strip())
-        task = custom_task(args.task, text_columns=columns, label_column=args.label_column,
-                           regression=args.regression)
-    else:
-        task = load_task(args.task)
+    own = OwnData(args.train_file, args.dev_file, args.text_columns, args.label_column,
+                  args.regression, args.columns, args.test_file)
+    task = resolve_task(args.task, own)
     home = home_dir(args.home)
     base = load_base(args.model, pooling=args.pooling)
     data = prepare(task, base.tokenizer, data_dir=args.data_dir, train_file=args.train_file,
-                   dev_file=args.dev_file, max_length=args.max_length,
+                   dev_file=args.dev_file, test_file=args.test_file, max_length=args.max_length,
                    max_train_samples=args.max_train_samples,
                    validation_fraction=args.validation_fraction, cache_dir=home / "cache")
     result = train(base, data, config, device=args.device,
@@ -204,9 +205,11 @@ def _pipeline(args: argparse.Namespace) -> int:
         else:
             pipeline.print_report(result)
 
-    call = {"search": lambda: pipeline.run(**commands.search_request(args)),
-            "evaluate": lambda: pipeline.evaluate(**commands.evaluate_request(args)),
-            "prepare": lambda: pipeline.prepare(**commands.prepare_request(args))}
+    config = commands.config(args)
+    call = {"search": lambda: pipeline.run(config),
+            "evaluate": lambda: pipeline.evaluate(config, bitfit_study=args.bitfit_study,
+                                                  full_study=args.full_study),
+            "prepare": lambda: pipeline.prepare(config)}
     return run_command(call[args.command], show=show)
 
 

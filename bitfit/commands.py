@@ -1,15 +1,15 @@
 """The options of the pipeline's commands, in one place for ``bitfit search|evaluate|prepare``
 (which run the pipeline here, without Prefect) and ``python flows/*.py`` (which run it as Prefect
-flows): each ``*_arguments`` adds the flags to a parser, each ``*_request`` turns the parsed
-flags into the keyword arguments of ``bitfit.pipeline``'s call (and of the flow).
+flows): each ``*_arguments`` adds the flags to a parser, and ``config`` turns the parsed flags
+into the ``bitfit.pipeline.Config`` they ask for.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from bitfit.pipeline import EXTRA_METHODS
+from bitfit.models import POOLINGS
+from bitfit.pipeline import EXTRA_METHODS, Config
 from bitfit.settings import home_dir
 
 
@@ -20,7 +20,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--data-dir", default=None, help="GLUE folder (default: "
                         "$BITFIT_GLUE_DIR, else the Hub)")
+    parser.add_argument("--pooling", default="auto", choices=POOLINGS, help="how the head "
+                        "reads the encoder (default: what the checkpoint was trained for)")
     parser.add_argument("--max-train-samples", type=int, default=None)
+    parser.add_argument("--max-length", "--max-seq-length", type=int, default=None,
+                        help="tokens per example (default: the space's, else 128)")
     parser.add_argument("--home", default=str(home_dir()), help="run home (default: "
                         "$BITFIT_HOME, else ./runs)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (with "
@@ -29,6 +33,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--train-file", default=None, help="training file (.csv, .tsv or "
                      "tab-separated .txt, .json, .jsonl, .parquet)")
     own.add_argument("--dev-file", "--validation-file", default=None, help="evaluation file")
+    own.add_argument("--test-file", default=None, help="a labelled test file: the final "
+                     "evaluation scores every seed on it too; no study ever sees it")
     own.add_argument("--text-columns", default="sentence", help="one or two comma-separated "
                      "text columns")
     own.add_argument("--label-column", default="label", help="the label column")
@@ -37,10 +43,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                      "files without a header row, e.g. sentence,label")
 
 
-def _own(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(train_file=args.train_file, dev_file=args.dev_file,
-                text_columns=args.text_columns, label_column=args.label_column,
-                regression=args.regression, columns=args.columns)
+def config(args: argparse.Namespace) -> Config:
+    """The pipeline's config the parsed flags ask for."""
+    fields = {**vars(args), "extra_methods": tuple(getattr(args, "extra_methods", ())),
+              "baseline": not getattr(args, "no_baseline", False)}
+    return Config.of(fields)
 
 
 def _stores(parser: argparse.ArgumentParser) -> None:
@@ -81,18 +88,6 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
                         "at once (default: one per core on a CPU, up to 4; 1: one after another)")
 
 
-def search_request(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(
-        task=args.task, model=args.model, data_dir=args.data_dir, space=args.space,
-        n_trials=args.n_trials, storage=args.storage, tracking_uri=args.tracking_uri,
-        study_name=args.study_name, max_train_samples=args.max_train_samples,
-        select_on=args.select_on, home=args.home, baseline=not args.no_baseline,
-        baseline_space=args.baseline_space, baseline_study=args.baseline_study,
-        seeds=args.seeds, extra_methods=tuple(args.extra_methods), workers=args.workers,
-        quick=args.quick, threads=args.threads, eval_processes=args.eval_processes,
-        device=args.device, **_own(args))
-
-
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the final evaluation alone (``bitfit evaluate``, ``flows/evaluate.py``)."""
     _common(parser)
@@ -101,25 +96,10 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-study", default=None, help="the full fine-tuning study")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--extra-methods", nargs="*", default=[], choices=EXTRA_METHODS)
-    parser.add_argument("--processes", type=int, default=None, help="runs trained at once "
-                        "(default: one per core on a CPU, up to 4)")
-
-
-def evaluate_request(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(task=args.task, bitfit_study=args.bitfit_study, full_study=args.full_study,
-                storage=args.storage, seeds=args.seeds, extra_methods=tuple(args.extra_methods),
-                model=args.model, data_dir=args.data_dir,
-                max_train_samples=args.max_train_samples, tracking_uri=args.tracking_uri,
-                home=args.home, processes=args.processes, device=args.device, **_own(args))
+    parser.add_argument("--eval-processes", "--processes", type=int, default=None,
+                        help="runs trained at once (default: one per core on a CPU, up to 4)")
 
 
 def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of data preparation (``bitfit prepare``, ``flows/prepare.py``)."""
     _common(parser)
-    parser.add_argument("--max-length", "--max-seq-length", type=int, default=128)
-
-
-def prepare_request(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(task=args.task, model=args.model, data_dir=args.data_dir,
-                max_length=args.max_length, max_train_samples=args.max_train_samples,
-                home=args.home, **_own(args))

@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from bitfit.artifacts import TENSORS, save_artifact, unique_folder
-from bitfit.data import TaskData
+from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel, load_base
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise, welch
@@ -72,6 +72,7 @@ class Comparison:
     parent_run_id: str | None
     best_artifact: str | None
     pairs: bool = False  # the task reads two texts
+    test_markdown: str = ""  # the same table on the user's test file, when there is one
 
     def recipe(self) -> str:
         """How to use the best BitFit run's artifact on new sentences."""
@@ -164,9 +165,15 @@ def compare(
             if "bitfit" in scores and "full" in scores else "")
     bitfit_runs = [r for r in runs if r.artifact and r.method == "bitfit"]
     best = max(bitfit_runs, key=lambda r: r.metrics[main]).artifact if bitfit_runs else None
+    test_text = ""
+    if any(r.test_metrics for r in runs):  # the user's test file: scored, never selected on
+        test_text = markdown(summarise([dataclasses.replace(r, metrics=r.test_metrics)
+                                        for r in runs], task.metrics), task.metrics)
     comparison = Comparison(runs, text, p_value, t_stat, folder, parent_id, best,
-                            pairs=len(task.text_columns) == 2)
+                            pairs=len(task.text_columns) == 2, test_markdown=test_text)
     report = f"# {task.name}: final evaluation on {split}\n\n{text}\n\n{test}\n"
+    if test_text:
+        report += f"\n## On the test file\n\n{test_text}\n"
     if best:
         report += (f"\nBest BitFit seed's artifact: `{best}`\n\n"
                    f"```python\n{comparison.recipe()}\n```\n")
@@ -268,4 +275,5 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
         trainable_fraction=result.trainable_fraction, artifact_bytes=artifact_bytes,
         checkpoint_bytes=4 * result.total_params,
         time_per_epoch_s=result.train_time_s / epochs,
-        peak_memory_mb=result.peak_memory_mb, run_id="", artifact=artifact)
+        peak_memory_mb=result.peak_memory_mb, run_id="", artifact=artifact,
+        test_metrics=result.metrics.get(TEST_SPLIT, {}))

@@ -31,6 +31,7 @@ from bitfit.tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
 HELDOUT = "heldout"  # the name of a validation split carved out of train
+TEST_SPLIT = "test"  # a custom task's --test-file: scored by the final evaluation only
 
 
 class DataSourceError(OSError):
@@ -58,6 +59,7 @@ def load_splits(
     data_dir: str | os.PathLike[str] | None = None,
     train_file: str | os.PathLike[str] | None = None,
     dev_file: str | os.PathLike[str] | None = None,
+    test_file: str | os.PathLike[str] | None = None,
 ) -> tuple[Task, dict[str, pd.DataFrame]]:
     """Read a task's train and dev splits as frames with the task's text columns and ``label``.
 
@@ -69,10 +71,11 @@ def load_splits(
         data_dir: a folder in the official GLUE layout; ``$BITFIT_GLUE_DIR`` when not given.
         train_file, dev_file: a custom task's files (CSV, TSV or tab-separated .txt, JSON,
             JSON lines or Parquet), in UTF-8.
+        test_file: a custom task's labelled test file, read like them: the split ``test``.
 
     Returns:
         The task (a custom classification task gains its label names from the training file) and
-        the frames by split: ``train`` then the task's evaluation splits.
+        the frames by split: ``train`` then the task's evaluation splits (``test`` last).
 
     Raises:
         DataSourceError: files missing, empty, not UTF-8, not valid JSON or Parquet, or the Hub
@@ -80,10 +83,10 @@ def load_splits(
         ValueError: a malformed CSV/TSV line, a missing column, or an empty or unknown label.
     """
     classes_from = None
-    if train_file is not None or dev_file is not None:
+    if train_file is not None or dev_file is not None or test_file is not None:
         if train_file is None or dev_file is None:
             raise ValueError("a custom task needs both --train-file and --dev-file")
-        task, splits, classes_from = _read_custom(task, train_file, dev_file)
+        task, splits, classes_from = _read_custom(task, train_file, dev_file, test_file)
     else:
         glue_dir = data_dir if data_dir is not None else os.environ.get(GLUE_DIR_ENV)
         splits = _read_glue_dir(task, Path(glue_dir)) if glue_dir else _read_hub(task)
@@ -91,12 +94,15 @@ def load_splits(
 
 
 def _read_custom(
-    task: Task, train_file: str | os.PathLike[str], dev_file: str | os.PathLike[str]
+    task: Task, train_file: str | os.PathLike[str], dev_file: str | os.PathLike[str],
+    test_file: str | os.PathLike[str] | None = None,
 ) -> tuple[Task, dict[str, _Split], str | None]:
     """A custom task's splits with canonical columns, the task with its label names, and where
     those names came from (None when the task named them)."""
     splits = {"train": _read_file(train_file, "training", columns=task.columns),
               "validation": _read_file(dev_file, "dev", columns=task.columns)}
+    if test_file is not None:
+        splits[TEST_SPLIT] = _read_file(test_file, "test", columns=task.columns)
     wanted = [*task.text_columns, task.label_column]
     for split in splits.values():
         missing = [c for c in wanted if c not in split.frame]
@@ -630,6 +636,7 @@ def prepare(
     data_dir: str | os.PathLike[str] | None = None,
     train_file: str | os.PathLike[str] | None = None,
     dev_file: str | os.PathLike[str] | None = None,
+    test_file: str | os.PathLike[str] | None = None,
     max_length: int = 128,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
@@ -645,7 +652,8 @@ def prepare(
     With ``validation_fraction`` the evaluation splits start with ``heldout`` (carved from train,
     seeded and stratified), which is what a search should select on, followed by the dev splits.
     """
-    task, frames = load_splits(task, data_dir=data_dir, train_file=train_file, dev_file=dev_file)
+    task, frames = load_splits(task, data_dir=data_dir, train_file=train_file, dev_file=dev_file,
+                               test_file=test_file)
     train = subsample(frames.pop("train"), max_train_samples, seed=data_seed)
     evals = {s: subsample(f, max_eval_samples, seed=data_seed) for s, f in frames.items()}
     if validation_fraction:

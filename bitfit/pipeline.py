@@ -3,10 +3,14 @@ is named and what data it searches on, which configurations the final evaluation
 the summaries the commands print. The Prefect flows in ``flows/`` wrap these calls in tasks and
 hold no rule of their own.
 
-    storage, tracking = check_search(task="cola", space="quick", ...)   # before anything loads
-    data = study_data(base, "cola", load_space("quick"), ...)
-    summary = search_study(base, data, space="quick", storage=storage, ...)
-    report = evaluate_studies(base, final_data, bitfit_study=summary["study_name"], ...)
+    from bitfit import pipeline
+
+    config = pipeline.Config(task="sst2", quick=True, seeds=3)      # every option, typed
+    summary = pipeline.run(config)                                 # studies, evaluation, report
+    pipeline.print_summary(summary)
+    pipeline.evaluate(config, bitfit_study=summary["study_name"])  # the evaluation again
+    pipeline.prepare(pipeline.Config(task="mine", train_file="t.tsv", dev_file="d.tsv",
+                                     columns="sentence,label"))    # tokenise ahead
 """
 
 from __future__ import annotations
@@ -38,19 +42,15 @@ class OwnData:
     label_column: str = "label"
     regression: bool = False
     columns: str | None = None  # comma-separated names for files without a header row
-
-    @classmethod
-    def from_request(cls, request: dict[str, Any]) -> OwnData:
-        """The own-data options of a command's request (``bitfit.commands``)."""
-        return cls(**{f.name: request[f.name] for f in dataclasses.fields(cls)})
+    test_file: str | None = None  # scored by the final evaluation only; never selected on
 
     @property
     def given(self) -> bool:
-        return bool(self.train_file or self.dev_file)
+        return bool(self.train_file or self.dev_file or self.test_file)
 
     def digest(self) -> str:
-        """A short digest of the files' bytes and how they are read: a changed file is another
-        study."""
+        """A short digest of the files a study searches on and how they are read: a changed
+        file is another study (the test file, which no study sees, is not part of it)."""
         import hashlib
 
         h = hashlib.sha256(repr((self.text_columns, self.label_column, self.regression,
@@ -58,6 +58,74 @@ class OwnData:
         for path in (self.train_file, self.dev_file):
             h.update(Path(str(path)).read_bytes())
         return h.hexdigest()[:8]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run of the pipeline needs, each field an option of ``bitfit search`` and a
+    parameter of the flows (``--help`` explains each). ``run``, ``evaluate`` and ``prepare``
+    take one; the command line, the flows, the deployments and the tests all build theirs here.
+
+        summary = pipeline.run(pipeline.Config(task="sst2", quick=True, seeds=3))
+    """
+
+    # the data: a GLUE task, or a custom task named ``task`` read from the user's files
+    task: str = "cola"
+    data_dir: str | None = None  # a GLUE folder (default $BITFIT_GLUE_DIR, else the Hub)
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+    text_columns: str = "sentence"
+    label_column: str = "label"
+    regression: bool = False
+    columns: str | None = None
+    max_train_samples: int | None = None  # default: the space's sample size (studies), all
+    max_length: int | None = None  # default: the space's (studies), else 128
+    # the model and where it trains
+    model: str | None = None  # default: the bundled all-MiniLM-L6-v2
+    pooling: str = "auto"
+    device: str = "auto"
+    threads: int | None = None  # CPU threads per worker
+    # the studies
+    space: str = "bitfit"
+    baseline_space: str = "full_ft"
+    quick: bool = False  # the spaces of QUICK instead
+    n_trials: int | None = None  # default: the space's budget
+    select_on: str = "heldout"
+    study_name: str | None = None  # default: default_study_name
+    baseline: bool = True
+    baseline_study: str | None = None  # reuse this full fine-tuning study
+    workers: int = 1
+    # the final evaluation
+    seeds: int = 5
+    extra_methods: tuple[str, ...] = ()
+    eval_processes: int | None = None
+    # the stores
+    storage: str | None = None  # default: $BITFIT_OPTUNA_STORAGE, else the home's SQLite
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else the home's SQLite
+    home: str | None = None  # default: $BITFIT_HOME, else ./runs
+
+    @classmethod
+    def of(cls, parameters: dict[str, Any]) -> Config:
+        """A config from a flow's or a command's parameters (names not in the config, such as
+        the studies an evaluation compares, are left out)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in parameters.items() if k in names})
+
+    @property
+    def own(self) -> OwnData:
+        return OwnData(self.train_file, self.dev_file, self.text_columns, self.label_column,
+                       self.regression, self.columns, self.test_file)
+
+    def resolved(self) -> Config:
+        """The home as a path ($BITFIT_HOME, else ./runs) and the quick preset's spaces."""
+        from bitfit.settings import home_dir
+
+        space, baseline_space = ((QUICK["space"], QUICK["baseline_space"]) if self.quick
+                                 else (self.space, self.baseline_space))
+        return dataclasses.replace(self, home=str(home_dir(self.home)), space=space,
+                                   baseline_space=baseline_space,
+                                   extra_methods=tuple(self.extra_methods))
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -73,9 +141,10 @@ def resolve_task(task: str, own: OwnData = OwnData()):
     if not own.given:
         return load_task(task)
     if not (own.train_file and own.dev_file):
-        raise ValueError("a custom task needs both --train-file and --dev-file")
-    for path in (own.train_file, own.dev_file):
-        if not Path(path).is_file():
+        raise ValueError("a custom task needs both --train-file and --dev-file"
+                         + (" (--test-file is scored besides them)" if own.test_file else ""))
+    for path in (own.train_file, own.dev_file, own.test_file):
+        if path is not None and not Path(path).is_file():
             raise DataSourceError(f"data file {path!r} does not exist: check the path")
     texts, columns = _names(own.text_columns), _names(own.columns)
     missing = [c for c in (*texts, own.label_column) if columns and c not in columns]
@@ -165,58 +234,64 @@ def _check_extra(extra_methods: tuple[str, ...]) -> None:
                              f"{', '.join(EXTRA_METHODS)}")
 
 
-def check_search(*, task: str, space: str, baseline: bool, baseline_space: str,
-                 baseline_study: str | None, n_trials: int | None, seeds: int, workers: int,
-                 threads: int | None, eval_processes: int | None,
-                 max_train_samples: int | None, select_on: str, storage: str | None,
-                 tracking_uri: str | None, home: str,
-                 extra_methods: tuple[str, ...], own: OwnData = OwnData()) -> tuple[str, str]:
+def check_search(config: Config) -> Config:
     """Everything about a search that can be checked before any model or data is loaded:
-    counts, the task, the spaces and their objective, the home, and the stores (each must
-    answer within seconds). Returns the storage URL and tracking URI to use, without secrets."""
+    counts, the task, the spaces and their objective, the device, the home, and the stores
+    (each must answer within seconds). Returns the config resolved (``Config.resolved``) with
+    the storage URL and tracking URI to use, without secrets."""
     from bitfit.space import check_metric, load_space
 
-    positive(n_trials=n_trials, workers=workers, threads=threads,
-             eval_processes=eval_processes, max_train_samples=max_train_samples)
+    c = config.resolved()
+    positive(n_trials=c.n_trials, workers=c.workers, threads=c.threads,
+             eval_processes=c.eval_processes, max_train_samples=c.max_train_samples)
+    if c.max_length is not None:
+        at_least(8, max_length=c.max_length)
+    seeds = c.seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"--seeds must be a whole number, 0 (stop after the studies) or more, "
                          f"got {seeds!r}")
-    if select_on not in ("heldout", "dev"):
-        raise ValueError(f"--select-on must be heldout or dev, got {select_on!r}")
-    _check_extra(extra_methods)
-    glue_task = resolve_task(task, own)
-    parsed = load_space(space)
+    if c.select_on not in ("heldout", "dev"):
+        raise ValueError(f"--select-on must be heldout or dev, got {c.select_on!r}")
+    _check_extra(c.extra_methods)
+    check_device(c.device)
+    glue_task = resolve_task(c.task, c.own)
+    parsed = load_space(c.space)
     check_metric(parsed, glue_task)
     if seeds > 0 and parsed.method != "bitfit":
-        raise ValueError(f"--space {space} searches method {parsed.method!r}, and the final "
+        raise ValueError(f"--space {c.space} searches method {parsed.method!r}, and the final "
                          "evaluation compares the first study as BitFit: give a BitFit space, "
                          "or --seeds 0 to run the study alone")
-    if baseline and not baseline_study:
-        full = load_space(baseline_space)
+    if c.baseline and not c.baseline_study:
+        full = load_space(c.baseline_space)
         check_metric(full, glue_task)
         if full.method != "full":
-            raise ValueError(f"--baseline-space {baseline_space} searches method "
+            raise ValueError(f"--baseline-space {c.baseline_space} searches method "
                              f"{full.method!r}, not full fine-tuning: give a space with "
                              "'method: full' (the shipped full_ft), or --no-baseline")
-    storage, tracking_uri = check_stores(storage, tracking_uri, home)
-    check_shared_stores(workers, storage, tracking_uri)
-    if baseline and baseline_study and seeds > 0:
+    assert c.home is not None
+    storage, tracking_uri = check_stores(c.storage, c.tracking_uri, c.home)
+    check_shared_stores(c.workers, storage, tracking_uri)
+    if c.baseline and c.baseline_study and seeds > 0:
         from bitfit.compare import best_config
 
-        best_config(storage, baseline_study, method="full", task=glue_task.name)
-    return storage, tracking_uri
+        best_config(storage, c.baseline_study, method="full", task=glue_task.name)
+    return dataclasses.replace(c, storage=storage, tracking_uri=tracking_uri)
 
 
-def check_evaluation(*, task: str, seeds: int, processes: int | None,
-                     max_train_samples: int | None, extra_methods: tuple[str, ...],
-                     storage: str | None, tracking_uri: str | None,
-                     home: str, own: OwnData = OwnData()) -> tuple[str, str]:
-    """The checks of a final evaluation that need no model or data; the storage URL and
-    tracking URI to use, without secrets."""
-    positive(seeds=seeds, processes=processes, max_train_samples=max_train_samples)
-    _check_extra(extra_methods)
-    resolve_task(task, own)
-    return check_stores(storage, tracking_uri, home)
+def check_evaluation(config: Config) -> Config:
+    """The checks of a final evaluation that need no model or data; the config resolved, with
+    the storage URL and tracking URI to use, without secrets."""
+    c = config.resolved()
+    positive(seeds=c.seeds, eval_processes=c.eval_processes,
+             max_train_samples=c.max_train_samples)
+    if c.max_length is not None:
+        at_least(8, max_length=c.max_length)
+    _check_extra(c.extra_methods)
+    check_device(c.device)
+    resolve_task(c.task, c.own)
+    assert c.home is not None
+    storage, tracking_uri = check_stores(c.storage, c.tracking_uri, c.home)
+    return dataclasses.replace(c, storage=storage, tracking_uri=tracking_uri)
 
 
 # --------------------------------------------------------------------------- studies
@@ -232,19 +307,18 @@ def default_study_name(task: str, space: str, samples: int | None, select_on: st
                                                               else []))
 
 
-def study_data(base: BaseModel, task: str, space, *, data_dir: str | None,
-               max_train_samples: int | None, select_on: str, home: str,
-               own: OwnData = OwnData()) -> TaskData:
-    """The data a study searches on: the space's sample size unless one is given, and a
-    held-out split carved from train unless it selects on dev."""
+def study_data(base: BaseModel, config: Config, space) -> TaskData:
+    """The data a study searches on: the space's sample size unless the config gives one, and a
+    held-out split carved from train unless it selects on dev (the test file stays unseen)."""
     from bitfit.data import prepare
 
-    samples = max_train_samples or space.max_train_samples
-    fraction = HELDOUT_FRACTION if select_on == "heldout" else None
-    return prepare(resolve_task(task, own), base.tokenizer, data_dir=data_dir,
+    own = config.own
+    samples = config.max_train_samples or space.max_train_samples
+    fraction = HELDOUT_FRACTION if config.select_on == "heldout" else None
+    return prepare(resolve_task(config.task, own), base.tokenizer, data_dir=config.data_dir,
                    train_file=own.train_file, dev_file=own.dev_file,
-                   max_length=space.max_length, max_train_samples=samples,
-                   validation_fraction=fraction, cache_dir=Path(home) / "cache")
+                   max_length=config.max_length or space.max_length, max_train_samples=samples,
+                   validation_fraction=fraction, cache_dir=Path(str(config.home)) / "cache")
 
 
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
@@ -341,11 +415,14 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
                          tracker=Tracker(tracking_uri, home=home), processes=processes,
                          device=device, log=log)
-    return {"table": comparison.markdown, "p_value": comparison.p_value,
+    return {"table": comparison.markdown, "test_table": comparison.test_markdown,
+            "p_value": comparison.p_value,
             "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
             "evaluation_run_id": comparison.parent_run_id,
             "best_artifact": comparison.best_artifact, "recipe": comparison.recipe(),
-            "runs": {f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs}}
+            "runs": {f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs},
+            **({"test_runs": {f"{r.method}-seed{r.seed}": r.test_metrics
+                              for r in comparison.runs}} if comparison.test_markdown else {})}
 
 
 def evaluation_name(bitfit_study: str, full_study: str | None, seeds: int) -> str:
@@ -358,6 +435,8 @@ def evaluation_name(bitfit_study: str, full_study: str | None, seeds: int) -> st
 def print_report(summary: dict[str, Any]) -> None:
     """The comparison table, the test, and how to use the best artifact."""
     print(summary["table"])
+    if summary.get("test_table"):
+        print(f"\non the test file:\n{summary['test_table']}\n")
     if summary["p_value"] == summary["p_value"]:  # not NaN
         print(f"Welch's t-test, bitfit vs full: t = {summary['t_statistic']:.3f}, "
               f"p = {summary['p_value']:.4f}")
@@ -408,158 +487,114 @@ def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
     return load_base(model, pooling=pooling)
 
 
-def final_data(base: BaseModel, task: str, *, data_dir: str | None, max_length: int,
-               max_train_samples: int | None, home: str, own: OwnData = OwnData()) -> TaskData:
-    """The whole training split (or its sample) and dev: what the final runs train and score."""
+def final_data(base: BaseModel, config: Config, max_length: int) -> TaskData:
+    """The whole training split (or its sample), dev, and the test file when there is one:
+    what the final runs train and score."""
     from bitfit.data import prepare
 
-    return prepare(resolve_task(task, own), base.tokenizer, data_dir=data_dir,
-                   train_file=own.train_file, dev_file=own.dev_file, max_length=max_length,
-                   max_train_samples=max_train_samples, validation_fraction=None,
-                   cache_dir=Path(home) / "cache")
+    own = config.own
+    return prepare(resolve_task(config.task, own), base.tokenizer, data_dir=config.data_dir,
+                   train_file=own.train_file, dev_file=own.dev_file, test_file=own.test_file,
+                   max_length=max_length, max_train_samples=config.max_train_samples,
+                   validation_fraction=None, cache_dir=Path(str(config.home)) / "cache")
 
 
-def run(*, task: str = "cola", model: str | None = None, data_dir: str | None = None,
-        space: str = "bitfit", n_trials: int | None = None, storage: str | None = None,
-        tracking_uri: str | None = None, study_name: str | None = None,
-        max_train_samples: int | None = None, select_on: str = "heldout",
-        home: str | None = None, baseline: bool = True, baseline_space: str = "full_ft",
-        baseline_study: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
-        workers: int = 1, quick: bool = False, threads: int | None = None,
-        eval_processes: int | None = None, device: str = "auto",
-        train_file: str | None = None, dev_file: str | None = None,
-        text_columns: str = "sentence", label_column: str = "label", regression: bool = False,
-        columns: str | None = None,
-        phase: Callable[..., Any] = _direct,
+def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
         on_workers: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole pipeline: prepare -> BitFit study -> full fine-tuning study -> final
     evaluation -> report; its summary, JSON-ready.
 
     Args:
+        config: the run's settings; checked whole (``check_search``) before anything loads.
         phase: runs each phase, ``phase(fn, *args, **kwargs)``; a flow passes one that makes
             each phase a Prefect task. By default the phases simply run.
-        on_workers: ``on_workers(workers, data, parameters)`` runs a study as ``workers``
-            workers elsewhere (a Prefect work pool) and returns its summary; needed when
-            ``workers`` > 1.
-        The rest: as the options of ``python flows/search.py`` (``--help``); ``train_file``
-        and the rest of that group read a custom task from the user's files.
+        on_workers: ``on_workers(config, data)`` runs the study ``config`` names as
+            ``config.workers`` workers elsewhere (a Prefect work pool) and returns its summary;
+            needed when ``workers`` > 1.
     """
-    from bitfit.settings import home_dir
     from bitfit.space import load_space
 
-    own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
-    home = str(home_dir(home))  # $BITFIT_HOME, else ./runs
-    if quick:
-        space, baseline_space = QUICK["space"], QUICK["baseline_space"]
-    storage, tracking_uri = check_search(
-        task=task, space=space, baseline=baseline, baseline_space=baseline_space,
-        baseline_study=baseline_study, n_trials=n_trials, seeds=seeds, workers=workers,
-        threads=threads, eval_processes=eval_processes, max_train_samples=max_train_samples,
-        select_on=select_on, storage=storage, tracking_uri=tracking_uri, home=home,
-        extra_methods=tuple(extra_methods), own=own)
-    check_device(device)
-    if workers > 1 and on_workers is None:
-        raise ValueError(f"--workers {workers} runs each study on a Prefect work pool: run it "
+    c = check_search(config)
+    if c.workers > 1 and on_workers is None:
+        raise ValueError(f"--workers {c.workers} runs each study on a Prefect work pool: run it "
                          "with python flows/search.py or the bitfit-search deployment")
-    parsed = load_space(space)  # a bad file failed above, before any work
-    samples = max_train_samples or parsed.max_train_samples
-    if threads:
+    parsed = load_space(c.space)  # a bad file failed above, before any work
+    samples = c.max_train_samples or parsed.max_train_samples
+    if c.threads:
         import torch
 
-        torch.set_num_threads(threads)
-    name = study_name or default_study_name(task, parsed.name, samples, select_on, own)
-    base = phase(load_model, model)
-    data = phase(study_data, base, task, parsed, data_dir=data_dir,
-                 max_train_samples=max_train_samples, select_on=select_on, home=home, own=own)
+        torch.set_num_threads(c.threads)
+    name = c.study_name or default_study_name(c.task, parsed.name, samples, c.select_on, c.own)
+    base = phase(load_model, c.model, c.pooling)
+    data = phase(study_data, base, c, parsed)
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
-    worker_params = {"task": task, "model": model, "data_dir": data_dir,
-                     "max_train_samples": max_train_samples, "select_on": select_on,
-                     "threads": threads or max(1, (os.cpu_count() or 1) // workers),
-                     "storage": storage, "tracking_uri": tracking_uri, "home": home,
-                     "device": device, **dataclasses.asdict(own)}
 
     def stage(data: TaskData, space: str, trials: int | None, study: str,
               samples: int | None) -> dict[str, Any]:
-        if workers > 1:
+        if c.workers > 1:
             assert on_workers is not None
-            return on_workers(workers, data, {**worker_params, "space": space,
-                                              "n_trials": trials, "study_name": study})
-        return phase(search_study, base, data, space=space, n_trials=trials, storage=storage,
-                     tracking_uri=tracking_uri, study_name=study, home=home,
+            return on_workers(dataclasses.replace(
+                c, space=space, n_trials=trials, study_name=study, baseline=False, seeds=0,
+                quick=False, threads=c.threads or max(1, (os.cpu_count() or 1) // c.workers)),
+                data)
+        assert c.storage is not None and c.tracking_uri is not None and c.home is not None
+        return phase(search_study, base, data, space=space, n_trials=trials, storage=c.storage,
+                     tracking_uri=c.tracking_uri, study_name=study, home=c.home,
                      run_params={**run_params, "max_train_samples": samples,
-                                 "train_examples": len(data.train)}, device=device)
+                                 "train_examples": len(data.train)}, device=c.device)
 
-    summary = stage(data, space, n_trials, name, samples)
-    full_study = baseline_study if baseline else None
-    if baseline and not baseline_study:
-        full_space = load_space(baseline_space)
-        full_samples = max_train_samples or full_space.max_train_samples
+    summary = stage(data, c.space, c.n_trials, name, samples)
+    full_study = c.baseline_study if c.baseline else None
+    if c.baseline and not c.baseline_study:
+        full_space = load_space(c.baseline_space)
+        full_samples = c.max_train_samples or full_space.max_train_samples
         full_study = f"{name}-{full_space.name}"
-        full_data = data if full_samples == samples else phase(
-            study_data, base, task, full_space, data_dir=data_dir,
-            max_train_samples=max_train_samples, select_on=select_on, home=home, own=own)
-        summary["baseline"] = stage(full_data, baseline_space, None, full_study, full_samples)
-    if seeds > 0 and summary["best_value"] is not None:
-        final = phase(final_data, base, task, data_dir=data_dir, max_length=parsed.max_length,
-                      max_train_samples=max_train_samples, home=home, own=own)
-        summary["evaluation"] = phase(
-            evaluate_studies, base, final, storage=storage, bitfit_study=name,
-            full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
-            tracking_uri=tracking_uri, home=home, name=evaluation_name(name, full_study, seeds),
-            processes=eval_processes, device=device)
+        same = full_samples == samples and (c.max_length
+                                            or full_space.max_length == parsed.max_length)
+        full_data = data if same else phase(study_data, base, c, full_space)
+        summary["baseline"] = stage(full_data, c.baseline_space, None, full_study, full_samples)
+    if c.seeds > 0 and summary["best_value"] is not None:
+        final = phase(final_data, base, c, c.max_length or parsed.max_length)
+        summary["evaluation"] = phase(_evaluate, base, final, c, name, full_study)
     return summary
 
 
-def evaluate(*, task: str = "cola", bitfit_study: str, full_study: str | None = None,
-             storage: str | None = None, seeds: int = 5, extra_methods: tuple[str, ...] = (),
-             model: str | None = None, data_dir: str | None = None,
-             max_train_samples: int | None = None, max_length: int = 128,
-             tracking_uri: str | None = None, home: str | None = None,
-             processes: int | None = None, train_file: str | None = None,
-             dev_file: str | None = None, text_columns: str = "sentence",
-             label_column: str = "label", regression: bool = False, columns: str | None = None,
-             device: str = "auto", phase: Callable[..., Any] = _direct) -> dict[str, Any]:
-    """The final evaluation alone: each study's best configuration with ``seeds`` seeds on the
-    whole training split, compared on dev; the comparison, JSON-ready."""
-    from bitfit.settings import home_dir
-
-    own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
-    home = str(home_dir(home))
-    storage, tracking_uri = check_evaluation(
-        task=task, seeds=seeds, processes=processes, max_train_samples=max_train_samples,
-        extra_methods=tuple(extra_methods), storage=storage, tracking_uri=tracking_uri,
-        home=home, own=own)
-    check_device(device)
-    base = phase(load_model, model)
-    data = phase(final_data, base, task, data_dir=data_dir, max_length=max_length,
-                 max_train_samples=max_train_samples, home=home, own=own)
-    return phase(evaluate_studies, base, data, storage=storage, bitfit_study=bitfit_study,
-                 full_study=full_study, seeds=seeds, extra_methods=tuple(extra_methods),
-                 tracking_uri=tracking_uri, home=home,
-                 name=evaluation_name(bitfit_study, full_study, seeds), processes=processes,
-                 device=device)
+def _evaluate(base: BaseModel, data: TaskData, c: Config, bitfit_study: str,
+              full_study: str | None) -> dict[str, Any]:
+    assert c.storage is not None and c.tracking_uri is not None and c.home is not None
+    return evaluate_studies(base, data, storage=c.storage, bitfit_study=bitfit_study,
+                            full_study=full_study, seeds=c.seeds,
+                            extra_methods=c.extra_methods, tracking_uri=c.tracking_uri,
+                            home=c.home, name=evaluation_name(bitfit_study, full_study, c.seeds),
+                            processes=c.eval_processes, device=c.device)
 
 
-def prepare(*, task: str = "cola", model: str | None = None, data_dir: str | None = None,
-            max_length: int = 128, max_train_samples: int | None = None,
-            validation_fraction: float | None = HELDOUT_FRACTION, home: str | None = None,
-            train_file: str | None = None, dev_file: str | None = None,
-            text_columns: str = "sentence", label_column: str = "label",
-            regression: bool = False, columns: str | None = None,
+def evaluate(config: Config = Config(), *, bitfit_study: str, full_study: str | None = None,
+             phase: Callable[..., Any] = _direct) -> dict[str, Any]:
+    """The final evaluation alone: the best configuration of ``bitfit_study`` (and of
+    ``full_study``) with ``config.seeds`` seeds on the whole training split, compared on dev
+    (and on the test file); the comparison, JSON-ready."""
+    c = check_evaluation(config)
+    base = phase(load_model, c.model, c.pooling)
+    data = phase(final_data, base, c, c.max_length or 128)
+    return phase(_evaluate, base, data, c, bitfit_study, full_study)
+
+
+def prepare(config: Config = Config(), *, validation_fraction: float | None = HELDOUT_FRACTION,
             phase: Callable[..., Any] = _direct) -> dict[str, Any]:
     """Tokenise a task's splits into the run home's cache; the split sizes."""
     from bitfit.data import prepare as prepare_splits
-    from bitfit.settings import home_dir
 
-    positive(max_train_samples=max_train_samples)
-    at_least(8, max_length=max_length)
-    own = OwnData(train_file, dev_file, text_columns, label_column, regression, columns)
-    the_task = resolve_task(task, own)
-    home = str(home_dir(home))
-    base = phase(load_model, model)
-    data = phase(prepare_splits, the_task, base.tokenizer, data_dir=data_dir,
-                 train_file=own.train_file, dev_file=own.dev_file,
-                 max_length=max_length, max_train_samples=max_train_samples,
-                 validation_fraction=validation_fraction, cache_dir=Path(home) / "cache")
+    c = config.resolved()
+    positive(max_train_samples=c.max_train_samples)
+    at_least(8, max_length=c.max_length or 128)
+    own = c.own
+    the_task = resolve_task(c.task, own)
+    base = phase(load_model, c.model, c.pooling)
+    data = phase(prepare_splits, the_task, base.tokenizer, data_dir=c.data_dir,
+                 train_file=own.train_file, dev_file=own.dev_file, test_file=own.test_file,
+                 max_length=c.max_length or 128, max_train_samples=c.max_train_samples,
+                 validation_fraction=validation_fraction,
+                 cache_dir=Path(str(c.home)) / "cache")
     return {"task": data.task.name, "train": len(data.train),
             **{split: len(enc) for split, enc in data.evals.items()}, "source": data.source}

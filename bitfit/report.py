@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ class SeedRun:
     peak_memory_mb: float
     run_id: str = ""
     artifact: str = ""
+    test_metrics: dict[str, float] = field(default_factory=dict)  # a --test-file's, if any
 
 
 def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:

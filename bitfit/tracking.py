@@ -202,6 +202,7 @@ class Tracker:
         for evaluation in result.evaluations:
             self.log_evaluation(run_id, evaluation, now)
         final = {**{f"dev_{k}": v for k, v in seed_run.metrics.items()},
+                 **{f"test_{k}": v for k, v in seed_run.test_metrics.items()},
                  **{f"train_{k}": v for k, v in seed_run.train_metrics.items()},
                  "trainable_params": seed_run.trainable_params,
                  "trainable_fraction": seed_run.trainable_fraction,

@@ -9,6 +9,7 @@ flow after this one, reads the tokenised splits back instead of tokenising again
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -17,42 +18,32 @@ from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
 
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect import flow  # noqa: E402
 
-from bitfit import pipeline  # noqa: E402
-from bitfit.commands import prepare_arguments, prepare_request  # noqa: E402
-
-
-def as_task(fn, *args, **kwargs):
-    """Run one phase of the pipeline as a Prefect task of its own (inputs are models and
-    tokenised data, so Prefect's input cache is off; the data cache is the library's)."""
-    return task(fn, cache_policy=NO_CACHE)(*args, **kwargs)
+from bitfit import commands, orchestrate, pipeline  # noqa: E402
 
 
 @flow(name="bitfit-prepare")
-def prepare(task: str = "cola", model: str | None = None, data_dir: str | None = None,
-            max_length: int = 128, max_train_samples: int | None = None,
-            validation_fraction: float | None = pipeline.HELDOUT_FRACTION,
-            home: str | None = None, train_file: str | None = None,
-            dev_file: str | None = None, text_columns: str = "sentence",
-            label_column: str = "label", regression: bool = False,
-            columns: str | None = None) -> dict:
+def prepare(task: str = "cola", data_dir: str | None = None, train_file: str | None = None,
+            dev_file: str | None = None, test_file: str | None = None,
+            text_columns: str = "sentence", label_column: str = "label",
+            regression: bool = False, columns: str | None = None,
+            max_train_samples: int | None = None, max_length: int | None = None,
+            model: str | None = None, pooling: str = "auto", home: str | None = None,
+            validation_fraction: float | None = pipeline.HELDOUT_FRACTION) -> dict:
     """Prepare a task's data for a search; returns the split sizes."""
-    return pipeline.prepare(task=task, model=model, data_dir=data_dir, max_length=max_length,
-                            max_train_samples=max_train_samples,
-                            validation_fraction=validation_fraction, home=home,
-                            train_file=train_file, dev_file=dev_file,
-                            text_columns=text_columns, label_column=label_column,
-                            regression=regression, columns=columns, phase=as_task)
+    config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
+    return pipeline.prepare(config, validation_fraction=validation_fraction,
+                            phase=orchestrate.as_task)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    prepare_arguments(parser)
+    commands.prepare_arguments(parser)
     args = parser.parse_args(argv)
-    return run_command(lambda: prepare(**prepare_request(args)),
-                       show=lambda r: print(json.dumps(r)))
+    fields = {k: v for k, v in dataclasses.asdict(commands.config(args)).items()
+              if k in prepare.parameters.properties}  # type: ignore[attr-defined]
+    return run_command(lambda: prepare(**fields), show=lambda r: print(json.dumps(r)))
 
 
 if __name__ == "__main__":

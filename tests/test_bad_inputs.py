@@ -182,7 +182,7 @@ CASES = [
                   "--max-train-samples", "100"], "'nosuch'"),
     ("evaluate", ["--bitfit-study", "done", "--home", "{home}", "--seeds", "0"], "--seeds"),
     ("evaluate", ["--bitfit-study", "done", "--home", "{home}", "--processes", "0"],
-     "--processes"),
+     "--eval-processes must be"),
     ("evaluate", ["--bitfit-study", "done", "--full-study", "done", "--home", "{home}",
                   "--data-dir", "{glue}", "--max-train-samples", "100"], "not 'full'"),
     ("evaluate", ["--task", "rte", "--bitfit-study", "done", "--home", "{home}", "--data-dir",

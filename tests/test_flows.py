@@ -46,34 +46,29 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
     assert len(logged) == 4
 
 
-def _search_module():
-    sys.path.insert(0, str(ROOT / "flows"))
-    import search
-
-    return search
-
-
 @pytest.mark.parametrize("storage, tracking, message", [
     ("sqlite:///runs/optuna.db", "http://127.0.0.1:5000", "is a SQLite file: use PostgreSQL"),
     ("postgresql://u@h/db", "sqlite:///runs/mlflow.db", "needs an MLflow tracking server"),
 ])
 def test_several_workers_refuse_stores_that_only_this_machine_reaches(storage, tracking,
                                                                       message):
-    search = _search_module()
+    from bitfit.orchestrate import check_workers
+
     with pytest.raises(ValueError, match=message):
-        search.check_workers(2, storage, tracking)
-    search.check_workers(1, storage, tracking)  # one worker: anything goes
+        check_workers(2, storage, tracking)
+    check_workers(1, storage, tracking)  # one worker: anything goes
 
 
 def test_several_workers_need_a_prefect_server():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    search = _search_module()
+    from bitfit.orchestrate import check_workers
+
     with temporary_settings(updates={PREFECT_API_URL: None}), \
             pytest.raises(ValueError, match="no Prefect server is configured"):
-        search.check_workers(2, "postgresql://u@h/db", "http://127.0.0.1:5000")
+        check_workers(2, "postgresql://u@h/db", "http://127.0.0.1:5000")
     with pytest.raises(ValueError, match="--workers must be a whole number of 1 or more, got 0"):
-        search.check_workers(0, "postgresql://u@h/db", "http://127.0.0.1:5000")
+        check_workers(0, "postgresql://u@h/db", "http://127.0.0.1:5000")
 
 
 def test_the_flows_honour_bitfit_home(glue_dir, tmp_path, monkeypatch):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from bitfit.artifacts import Predictor
 from bitfit.cli import _parser, main
-from bitfit.pipeline import check_device, worker_device
+from bitfit.pipeline import Config, check_device, worker_device
+from tests.conftest import ROOT
 
 
-def _headerless(source, target, rows: int, flip: int | None = None) -> None:
-    lines = source.read_text(encoding="utf-8").splitlines()[1:rows + 1]  # drop the header
+def _headerless(source, target, rows: int, flip: int | None = None, skip: int = 0) -> None:
+    lines = source.read_text(encoding="utf-8").splitlines()[1 + skip:rows + 1 + skip]
     if flip is not None:
         text, label = lines[flip].split("\t")
         lines[flip] = f"{text}\t{1 - int(label)}"
@@ -26,10 +30,13 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
     train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
     _headerless(glue_dir / "SST-2" / "train.tsv", train, 300)
     _headerless(glue_dir / "SST-2" / "dev.tsv", dev, 100)
+    test = tmp_path / "test.tsv"
+    _headerless(glue_dir / "SST-2" / "dev.tsv", test, 80, skip=100)
     own = ["--task", "mine", "--train-file", str(train), "--dev-file", str(dev), "--columns",
            "sentence,label", "--home", str(tmp_path / "home"), "--json"]
 
-    code = main(["search", *own, "--quick", "--seeds", "2", "--eval-processes", "1"])
+    code = main(["search", *own, "--test-file", str(test), "--quick", "--seeds", "2",
+                 "--eval-processes", "1"])
     summary = json.loads(capsys.readouterr().out)
 
     assert code == 0
@@ -42,6 +49,13 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
     predict = Predictor(summary["evaluation"]["best_artifact"])
     assert set(predict(["a wonderful, moving film", "dull and lifeless"])) <= {"0", "1"}
     assert predict.manifest["task"]["name"] == "mine"
+    # the test file: every seed scored on it, in the report too; no study selected on it
+    assert "| bitfit | 2 |" in summary["evaluation"]["test_table"]
+    assert set(summary["evaluation"]["test_runs"]) == set(summary["evaluation"]["runs"])
+    assert summary["evaluation"]["test_runs"] != summary["evaluation"]["runs"]
+    assert "## On the test file" in (Path(summary["evaluation"]["report"]) / "report.md"
+                                     ).read_text()
+    assert summary["selection_split"] == "heldout"
 
     _headerless(glue_dir / "SST-2" / "train.tsv", train, 300, flip=7)
     code = main(["search", *own, "--quick", "--n-trials", "1", "--no-baseline", "--seeds", "0"])
@@ -80,3 +94,52 @@ def test_run_glue_spellings_are_aliases_of_ours():
     search = _parser().parse_args(["search", "--model-name-or-path", "m", "--validation-file",
                                    "d.tsv", "--device", "cpu"])
     assert (search.model, search.dev_file, search.device) == ("m", "d.tsv", "cpu")
+
+
+def test_the_flows_parameters_are_the_pipeline_config():
+    """Every deployment parameter reaches the pipeline: the flows take the config's fields."""
+    from bitfit.orchestrate import WORKER_PARAMETERS
+
+    sys.path.insert(0, str(ROOT / "flows"))
+    import evaluate
+    import prepare
+    import search
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert set(search.search.parameters.properties) == fields
+    assert set(search.study.parameters.properties) == set(WORKER_PARAMETERS) < fields
+    assert set(evaluate.evaluate.parameters.properties) - fields == {"bitfit_study",
+                                                                     "full_study"}
+    assert set(prepare.prepare.parameters.properties) - fields == {"validation_fraction"}
+
+
+def test_the_command_line_builds_the_config_it_names():
+    from bitfit.commands import config
+
+    args = _parser().parse_args(
+        ["search", "--task", "mine", "--train-file", "t.tsv", "--validation-file", "d.tsv",
+         "--test-file", "x.tsv", "--columns", "sentence,label", "--quick", "--no-baseline",
+         "--extra-methods", "frozen", "--pooling", "mean", "--max-seq-length", "64",
+         "--device", "cpu", "--home", "h"])
+    c = config(args)
+    assert (c.task, c.train_file, c.dev_file, c.test_file, c.columns, c.quick, c.baseline,
+            c.extra_methods, c.pooling, c.max_length, c.device, c.home) == (
+        "mine", "t.tsv", "d.tsv", "x.tsv", "sentence,label", True, False, ("frozen",),
+        "mean", 64, "cpu", "h")
+    resolved = c.resolved()
+    assert (resolved.space, resolved.baseline_space) == ("quick", "full_ft_quick")
+
+
+def test_bitfit_train_reads_headerless_files_and_scores_a_test_file(glue_dir, tmp_path, capsys):
+    train, dev, test = (tmp_path / f"{n}.tsv" for n in ("train", "dev", "test"))
+    _headerless(glue_dir / "SST-2" / "train.tsv", train, 120)
+    _headerless(glue_dir / "SST-2" / "dev.tsv", dev, 40)
+    _headerless(glue_dir / "SST-2" / "dev.tsv", test, 40, skip=40)
+
+    code = main(["train", "--task", "mine", "--train-file", str(train), "--dev-file", str(dev),
+                 "--test-file", str(test), "--columns", "sentence,label", "--epochs", "1",
+                 "--home", str(tmp_path), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+
+    assert code == 0 and summary["selection_split"] == "validation"
+    assert set(summary["best_metrics"]) == {"validation", "test"}

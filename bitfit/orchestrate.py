@@ -1,0 +1,97 @@
+"""What the Prefect flows share: a phase of the pipeline as a Prefect task, and a study run as K
+runs of the study-worker deployment on a work pool (``--workers K``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any
+
+from bitfit import pipeline
+from bitfit.data import TaskData
+
+WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
+
+
+def as_task(fn, *args, **kwargs):
+    """Run one phase of the pipeline as a Prefect task of its own (inputs are models and
+    tokenised data, so Prefect's input cache is off; the data cache is the library's)."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(fn, cache_policy=NO_CACHE)(*args, **kwargs)
+
+
+def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
+    """Several workers need stores that all of them reach, and a Prefect server to run on."""
+    from prefect.settings import get_current_settings
+
+    pipeline.check_shared_stores(workers, storage, tracking_uri)
+    if workers > 1 and not get_current_settings().api.url:
+        raise ValueError(
+            f"--workers {workers} runs the workers on a Prefect work pool, and no Prefect server "
+            "is configured: set PREFECT_API_URL, deploy infra/prefect.yaml and start a worker "
+            "(README: Deployments)")
+
+
+def run_workers(workers: int, parameters: dict[str, Any], *,
+                deployment: str = WORKER_DEPLOYMENT, poll_s: float = 2.0) -> None:
+    """Start ``workers`` runs of the study-worker deployment on its work pool (worker i on GPU
+    i mod n where there are n); wait for all."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        runs: list[Any] = [
+            run_deployment(deployment, timeout=0, parameters={
+                **parameters, "device": pipeline.worker_device(parameters["device"], i, gpus)},
+                flow_run_name=f"{parameters['study_name']}-worker-{i}")
+            for i in range(workers)]
+    except ObjectNotFound:
+        raise ValueError(
+            f"--workers {workers} runs the study through the deployment {deployment!r}, which "
+            "the Prefect server does not have: run `prefect deploy --all --prefect-file "
+            "infra/prefect.yaml` from the project root and start a worker on its pool "
+            "(README: Deployments)") from None
+    print(f"study {parameters['study_name']}: {workers} worker runs on the pool "
+          f"({', '.join(r.name for r in runs)})", file=sys.stderr)
+    pending = {r.id for r in runs}
+    failed = []
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(poll_s)
+            for run_id in list(pending):
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    pending.discard(run_id)
+                    if not run.state.is_completed():
+                        failed.append(f"{run.name} ended {run.state.name}")
+    if failed:
+        raise RuntimeError(
+            f"worker runs did not complete ({'; '.join(failed)}): their logs are on the Prefect "
+            "server; the study keeps every finished trial, and the same command resumes it")
+
+
+def on_workers(config: pipeline.Config, data: TaskData) -> dict[str, Any]:
+    """The study ``config`` names, run by ``config.workers`` runs of the study-worker
+    deployment; its summary read back from the stores."""
+    assert config.storage and config.tracking_uri and config.study_name and config.home
+    check_workers(config.workers, config.storage, config.tracking_uri)
+    before = pipeline.trial_count(config.storage, config.study_name)
+    worker = dataclasses.asdict(dataclasses.replace(config, workers=1))
+    run_workers(config.workers, {k: v for k, v in worker.items() if k in WORKER_PARAMETERS})
+    return as_task(pipeline.read_study_summary, data, storage=config.storage,
+                   tracking_uri=config.tracking_uri, study_name=config.study_name,
+                   home=config.home, before=before)
+
+
+# the parameters of the study-worker flow (flows/search.py:study): a worker runs one study
+WORKER_PARAMETERS = ("task", "data_dir", "train_file", "dev_file", "text_columns",
+                     "label_column", "regression", "columns", "max_train_samples", "max_length",
+                     "model", "pooling", "device", "threads", "space", "n_trials", "select_on",
+                     "study_name", "storage", "tracking_uri", "home")
