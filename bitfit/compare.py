@@ -73,6 +73,8 @@ class Comparison:
     best_artifact: str | None
     pairs: bool = False  # the task reads two texts
     test_markdown: str = ""  # the same table on the user's test file, when there is one
+    experiment_id: str | None = None
+    registered_model: str | None = None  # models:/bitfit-<task>@champion
 
     def recipe(self) -> str:
         """How to use the best BitFit run's artifact on new sentences."""
@@ -99,6 +101,7 @@ def compare(
     device: str = "auto",
     processes: int | None = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     """Train each method's config with seeds 0..seeds-1 and compare them on dev.
 
@@ -117,6 +120,7 @@ def compare(
             are independent, so this changes only how long the evaluation takes and, through
             the threads per run, the last bits of floating-point sums.
         log: where progress lines go.
+        progress: called with (runs done, runs) after each run.
     """
     if processes is not None and processes < 1:
         raise ValueError(f"processes must be 1 or more, got {processes}")
@@ -132,6 +136,8 @@ def compare(
             "train_examples": len(data.train),
             **{f"{label}.{k}": v for label, c in configs.items()
                for k, v in dataclasses.asdict(c).items()}})
+        tracker.log_data(parent_id, data, {"train": "training",
+                                           **{s: "evaluation" for s in data.evals}})
     jobs = [(label, dataclasses.replace(config, seed=seed, select_best=False))
             for label, config in configs.items() for seed in range(seeds)]
     run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c)
@@ -148,6 +154,8 @@ def compare(
                 tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
             log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
                 f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
+            if progress is not None:
+                progress(len(runs), len(jobs))
     except BaseException as err:  # no run is left RUNNING in MLflow
         if tracker is not None:
             status = "KILLED" if is_interruption(err) else "FAILED"
@@ -164,13 +172,15 @@ def compare(
     test = (f"Welch's t-test, bitfit vs full on dev {main}: t = {t_stat:.3f}, p = {p_value:.4f}"
             if "bitfit" in scores and "full" in scores else "")
     bitfit_runs = [r for r in runs if r.artifact and r.method == "bitfit"]
-    best = max(bitfit_runs, key=lambda r: r.metrics[main]).artifact if bitfit_runs else None
+    best_run = max(bitfit_runs, key=lambda r: r.metrics[main]) if bitfit_runs else None
+    best = best_run.artifact if best_run else None
     test_text = ""
     if any(r.test_metrics for r in runs):  # the user's test file: scored, never selected on
         test_text = markdown(summarise([dataclasses.replace(r, metrics=r.test_metrics)
                                         for r in runs], task.metrics), task.metrics)
     comparison = Comparison(runs, text, p_value, t_stat, folder, parent_id, best,
-                            pairs=len(task.text_columns) == 2, test_markdown=test_text)
+                            pairs=len(task.text_columns) == 2, test_markdown=test_text,
+                            experiment_id=experiment_id)
     report = f"# {task.name}: final evaluation on {split}\n\n{text}\n\n{test}\n"
     if test_text:
         report += f"\n## On the test file\n\n{test_text}\n"
@@ -179,12 +189,18 @@ def compare(
                    f"```python\n{comparison.recipe()}\n```\n")
     (folder / "report.md").write_text(report)
     table.to_parquet(folder / "comparison.parquet")
+    table.to_csv(folder / "comparison.csv", index=False)
     (folder / "runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs], indent=1))
     plot_seeds(runs, main, folder / "dev_per_seed.png")
     plot_curves(runs, main, folder / "learning_curves.png")
     if tracker is not None and parent_id is not None:
         tracker.end_evaluation(parent_id, folder, {"p_value": p_value, "t_statistic": t_stat,
                                                    "finished_at": time.time()})
+        if best_run is not None and best_run.run_id:
+            comparison = dataclasses.replace(comparison, registered_model=tracker.register(
+                best_run.run_id, best_run.artifact, task.name,
+                f"evaluation {name}, seed {best_run.seed}: dev {main} "
+                f"{best_run.metrics[main]:.4f}"))
     return comparison
 
 

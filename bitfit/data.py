@@ -525,6 +525,10 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def digest(self) -> str:
+        """A short digest of the tokenised split (ids, offsets, labels, token types)."""
+        return splits_digest(self)
+
     def take(self, rows: np.ndarray) -> Encoded:
         """The sub-split made of the given rows, in that order."""
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
@@ -613,6 +617,18 @@ def _from_table(table: pa.Table) -> Encoded:
         labels=table.column("label").to_numpy(),
         type_ids=None if types is None else types.astype(np.int64),
     )
+
+
+def splits_digest(*splits: Encoded) -> str:
+    """A short digest of tokenised splits: the same ids, labels and types, the same digest."""
+    h = hashlib.sha256()
+    for split in splits:
+        types = b"" if split.type_ids is None else split.type_ids.tobytes()
+        for part in (split.ids.tobytes(), split.offsets.tobytes(), split.labels.tobytes(),
+                     types):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""What the Prefect flows share: a phase of the pipeline as a Prefect task, and a study run as K
-runs of the study-worker deployment on a work pool (``--workers K``)."""
+"""What the Prefect flows share: a phase of the pipeline as a Prefect task, the run's report in
+the Prefect UI (logs, progress, results as artifacts), and a study run as K runs of the
+study-worker deployment on a work pool (``--workers K``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import sys
 import time
 from typing import Any
@@ -21,6 +24,77 @@ def as_task(fn, *args, **kwargs):
     from prefect.cache_policies import NO_CACHE
 
     return task(fn, cache_policy=NO_CACHE)(*args, **kwargs)
+
+
+def artifact_key(text: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) for ``text``."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:200] or "bitfit"
+
+
+class PrefectReport(pipeline.Report):
+    """The pipeline's report in the Prefect run as well: every progress line in the run's logs,
+    a progress artifact per study and final evaluation, and when the run ends a Markdown
+    artifact (each study's best trial, the comparison), a table artifact of each study's trials
+    and link artifacts to the MLflow runs and the registered model."""
+
+    _log = logging.getLogger("prefect.extra.bitfit")  # the run's logs in the API, not the console
+
+    def __init__(self) -> None:
+        self._progress: dict[str, Any] = {}  # artifact ids
+
+    def line(self, text: str) -> None:
+        super().line(text)
+        self._log.info(text)
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        percent = 100.0 * done / max(total, 1)
+        description = f"{what}: {done} of {total}"
+        if what in self._progress:
+            update_progress_artifact(self._progress[what], percent, description=description)
+        else:
+            self._progress[what] = create_progress_artifact(percent, key=artifact_key(what),
+                                                            description=description)
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
+                                       create_table_artifact)
+
+        from bitfit.tracking import run_url
+
+        task = summary["task"]
+        create_markdown_artifact(pipeline.summary_markdown(summary),
+                                 key=artifact_key(f"{task}-report"),
+                                 description=f"{task}: each study's best trial and the "
+                                 "comparison")
+        evaluation = summary if "table" in summary else summary.get("evaluation")
+        studies = [] if "table" in summary else [s for s in (summary, summary.get("baseline"))
+                                                 if s]
+        for study in studies:
+            name = study["study_name"]
+            create_table_artifact(study["trial_table"], key=artifact_key(f"trials-{name}"),
+                                  description=f"the trials of study {name}")
+            create_link_artifact(
+                run_url(study["tracking_uri"], study["experiment_id"],
+                        study["mlflow_parent_run_id"]),
+                link_text=f"study {study['study_name']} in MLflow",
+                key=artifact_key(f"mlflow-{study['study_name']}"),
+                description=f"the study's run and its trials; {study['mlflow_ui']}")
+        if evaluation and evaluation.get("evaluation_run_id"):
+            create_link_artifact(
+                run_url(evaluation["tracking_uri"], evaluation["experiment_id"],
+                        evaluation["evaluation_run_id"]),
+                link_text="the final evaluation in MLflow",
+                key=artifact_key(f"mlflow-{task}-evaluation"),
+                description="the evaluation run, its seed runs and the report")
+        if evaluation and evaluation.get("registered_model"):
+            name = evaluation["registered_model"].split("/")[1].split("@")[0]
+            create_link_artifact(
+                run_url(evaluation["tracking_uri"], None, None) + f"/#/models/{name}",
+                link_text=f"registered model {evaluation['registered_model']}",
+                key=artifact_key(f"mlflow-model-{name}"),
+                description="load it with mlflow.pyfunc.load_model")
 
 
 def check_workers(workers: int, storage: str, tracking_uri: str) -> None:

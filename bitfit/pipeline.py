@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bitfit.data import TaskData
 from bitfit.entry import at_least, positive
@@ -28,6 +28,10 @@ from bitfit.models import BaseModel
 from bitfit.services import mask_url
 
 QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
+# the choices of the options that have few (the deployment form offers them)
+SelectOn = Literal["heldout", "dev"]
+Pooling = Literal["auto", "pooler", "cls", "mean"]
+ExtraMethod = Literal["frozen", "rand"]
 EXTRA_METHODS = ("frozen", "rand")
 HELDOUT_FRACTION = 0.1  # the validation split a study selects on, carved from train
 
@@ -83,7 +87,7 @@ class Config:
     max_length: int | None = None  # default: the space's (studies), else 128
     # the model and where it trains
     model: str | None = None  # default: the bundled all-MiniLM-L6-v2
-    pooling: str = "auto"
+    pooling: Pooling = "auto"
     device: str = "auto"
     threads: int | None = None  # CPU threads per worker
     # the studies
@@ -91,14 +95,14 @@ class Config:
     baseline_space: str = "full_ft"
     quick: bool = False  # the spaces of QUICK instead
     n_trials: int | None = None  # default: the space's budget
-    select_on: str = "heldout"
+    select_on: SelectOn = "heldout"
     study_name: str | None = None  # default: default_study_name
     baseline: bool = True
     baseline_study: str | None = None  # reuse this full fine-tuning study
     workers: int = 1
     # the final evaluation
     seeds: int = 5
-    extra_methods: tuple[str, ...] = ()
+    extra_methods: tuple[ExtraMethod, ...] = ()
     eval_processes: int | None = None
     # the stores
     storage: str | None = None  # default: $BITFIT_OPTUNA_STORAGE, else the home's SQLite
@@ -157,6 +161,24 @@ def resolve_task(task: str, own: OwnData = OwnData()):
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+class Report:
+    """Where a run tells what it is doing. This one writes progress lines to stderr; the flows
+    pass one that also writes to the Prefect run (its logs, a progress bar and result
+    artifacts)."""
+
+    def line(self, text: str) -> None:
+        _stderr(text)
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        """``done`` of ``total`` trials of a study, or final runs of an evaluation."""
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        """The run ended: its summary (``run``'s, or ``evaluate``'s comparison)."""
+
+
+STDERR = Report()
 
 
 # --------------------------------------------------------------------------- checks
@@ -324,7 +346,7 @@ def study_data(base: BaseModel, config: Config, space) -> TaskData:
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
                  storage: str, tracking_uri: str, study_name: str, home: str,
                  run_params: dict[str, Any], device: str = "auto",
-                 log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+                 report: Report = STDERR) -> dict[str, Any]:
     """Run (or resume) a study, every trial recorded in MLflow; its summary."""
     from bitfit.space import load_space
     from bitfit.study import run_study
@@ -332,7 +354,9 @@ def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int |
 
     outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
                         home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
-                        run_params=run_params, device=device, log=log)
+                        run_params=run_params, device=device, log=report.line,
+                        progress=lambda done, total: report.progress(
+                            f"study {study_name}", done, total))
     return study_summary(outcome.study, outcome.experiment_id, outcome.ran, data,
                          storage=storage, tracking_uri=tracking_uri, home=home)
 
@@ -370,8 +394,11 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
     from bitfit.tracking import ui_command
 
     best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
+    table = [{"trial": t.number, "state": t.state.name, data.task.main_metric: t.value,
+              **t.params, "seconds": None if t.duration is None
+              else round(t.duration.total_seconds(), 1)} for t in study.trials]
     return {
-        "study_name": study.study_name, "storage": mask_url(storage),
+        "study_name": study.study_name, "task": data.task.name, "storage": mask_url(storage),
         "tracking_uri": mask_url(tracking_uri), "experiment_id": experiment_id,
         "mlflow_parent_run_id": study.user_attrs.get("mlflow_parent_run_id"),
         "trials_run": ran, "trials": len(study.trials), "selection_split": data.selection_split,
@@ -380,6 +407,7 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
         "best_params": None if best is None else best.params,
         "best_trial": None if best is None else best.number,
         "mlflow_ui": ui_command(tracking_uri, home),
+        "trial_table": table,
     }
 
 
@@ -404,8 +432,7 @@ def evaluation_configs(storage: str, *, bitfit_study: str, full_study: str | Non
 def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_study: str,
                      full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
                      tracking_uri: str, home: str, name: str, processes: int | None = None,
-                     device: str = "auto",
-                     log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+                     device: str = "auto", report: Report = STDERR) -> dict[str, Any]:
     """Train each method's best configuration with each seed; the comparison, JSON-ready."""
     from bitfit.compare import compare
     from bitfit.tracking import Tracker
@@ -414,8 +441,13 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
                                  extra_methods=extra_methods, task=data.task.name)
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
                          tracker=Tracker(tracking_uri, home=home), processes=processes,
-                         device=device, log=log)
+                         device=device, log=report.line,
+                         progress=lambda done, total: report.progress(
+                             f"evaluation {name}", done, total))
     return {"table": comparison.markdown, "test_table": comparison.test_markdown,
+            "task": data.task.name, "tracking_uri": mask_url(tracking_uri),
+            "experiment_id": comparison.experiment_id,
+            "registered_model": comparison.registered_model,
             "p_value": comparison.p_value,
             "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
             "evaluation_run_id": comparison.parent_run_id,
@@ -432,6 +464,38 @@ def evaluation_name(bitfit_study: str, full_study: str | None, seeds: int) -> st
 # --------------------------------------------------------------------------- printing
 
 
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """A run's result in Markdown (``run``'s summary, or ``evaluate``'s comparison): each
+    study's best trial, the comparison table, the test, and the registered model."""
+    evaluation = summary if "table" in summary else summary.get("evaluation")
+    studies = [] if "table" in summary else [s for s in (summary, summary.get("baseline")) if s]
+    lines = [f"# {summary['task']}: BitFit and full fine-tuning", ""]
+    for study in studies:
+        if study["best_value"] is None:
+            lines.append(f"- study `{study['study_name']}`: no trial completed yet")
+            continue
+        params = ", ".join(f"{k} = {v}" for k, v in study["best_params"].items())
+        lines.append(f"- study `{study['study_name']}`: best {study['metric']} on "
+                     f"{study['selection_split']} **{study['best_value']:.4f}** (trial "
+                     f"{study['best_trial']}: {params}) of {study['trials']} trials")
+    if evaluation:
+        lines += ["", "## Final evaluation", "", evaluation["table"]]
+        if evaluation.get("test_table"):
+            lines += ["", "### On the test file", "", evaluation["test_table"]]
+        if evaluation["p_value"] == evaluation["p_value"]:  # not NaN
+            lines += ["", f"Welch's t-test, bitfit vs full: t = {evaluation['t_statistic']:.3f},"
+                          f" p = {evaluation['p_value']:.4f}"]
+        if evaluation.get("registered_model"):
+            lines += ["", f"The best BitFit seed is the MLflow model "
+                          f"`{evaluation['registered_model']}`:", "", "```python",
+                      "import mlflow, pandas as pd",
+                      f"model = mlflow.pyfunc.load_model(\"{evaluation['registered_model']}\")",
+                      "print(model.predict(pd.DataFrame({\"sentence\": [\"The cat sat on the "
+                      "mat.\"]})))", "```"]
+        lines += ["", f"Report, table and plots: `{evaluation['report']}`"]
+    return "\n".join(lines) + "\n"
+
+
 def print_report(summary: dict[str, Any]) -> None:
     """The comparison table, the test, and how to use the best artifact."""
     print(summary["table"])
@@ -441,6 +505,8 @@ def print_report(summary: dict[str, Any]) -> None:
         print(f"Welch's t-test, bitfit vs full: t = {summary['t_statistic']:.3f}, "
               f"p = {summary['p_value']:.4f}")
     print(f"report, table and plots: {summary['report']}")
+    if summary.get("registered_model"):
+        print(f"registered in MLflow as {summary['registered_model']}")
     if summary["best_artifact"]:
         print(f"best BitFit seed's artifact: {summary['best_artifact']}; use it with:")
         print(summary["recipe"])
@@ -500,7 +566,8 @@ def final_data(base: BaseModel, config: Config, max_length: int) -> TaskData:
 
 
 def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
-        on_workers: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+        on_workers: Callable[..., dict[str, Any]] | None = None,
+        report: Report = STDERR) -> dict[str, Any]:
     """The whole pipeline: prepare -> BitFit study -> full fine-tuning study -> final
     evaluation -> report; its summary, JSON-ready.
 
@@ -511,6 +578,7 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
         on_workers: ``on_workers(config, data)`` runs the study ``config`` names as
             ``config.workers`` workers elsewhere (a Prefect work pool) and returns its summary;
             needed when ``workers`` > 1.
+        report: where progress lines, progress and the finished summary go (stderr).
     """
     from bitfit.space import load_space
 
@@ -541,7 +609,8 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
         return phase(search_study, base, data, space=space, n_trials=trials, storage=c.storage,
                      tracking_uri=c.tracking_uri, study_name=study, home=c.home,
                      run_params={**run_params, "max_train_samples": samples,
-                                 "train_examples": len(data.train)}, device=c.device)
+                                 "train_examples": len(data.train)}, device=c.device,
+                     report=report)
 
     summary = stage(data, c.space, c.n_trials, name, samples)
     full_study = c.baseline_study if c.baseline else None
@@ -555,29 +624,32 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
         summary["baseline"] = stage(full_data, c.baseline_space, None, full_study, full_samples)
     if c.seeds > 0 and summary["best_value"] is not None:
         final = phase(final_data, base, c, c.max_length or parsed.max_length)
-        summary["evaluation"] = phase(_evaluate, base, final, c, name, full_study)
+        summary["evaluation"] = phase(final_evaluation, base, final, c, name, full_study, report)
+    report.finished(summary)
     return summary
 
 
-def _evaluate(base: BaseModel, data: TaskData, c: Config, bitfit_study: str,
-              full_study: str | None) -> dict[str, Any]:
+def final_evaluation(base: BaseModel, data: TaskData, c: Config, bitfit_study: str,
+              full_study: str | None, report: Report) -> dict[str, Any]:
     assert c.storage is not None and c.tracking_uri is not None and c.home is not None
     return evaluate_studies(base, data, storage=c.storage, bitfit_study=bitfit_study,
                             full_study=full_study, seeds=c.seeds,
                             extra_methods=c.extra_methods, tracking_uri=c.tracking_uri,
                             home=c.home, name=evaluation_name(bitfit_study, full_study, c.seeds),
-                            processes=c.eval_processes, device=c.device)
+                            processes=c.eval_processes, device=c.device, report=report)
 
 
 def evaluate(config: Config = Config(), *, bitfit_study: str, full_study: str | None = None,
-             phase: Callable[..., Any] = _direct) -> dict[str, Any]:
+             phase: Callable[..., Any] = _direct, report: Report = STDERR) -> dict[str, Any]:
     """The final evaluation alone: the best configuration of ``bitfit_study`` (and of
     ``full_study``) with ``config.seeds`` seeds on the whole training split, compared on dev
     (and on the test file); the comparison, JSON-ready."""
     c = check_evaluation(config)
     base = phase(load_model, c.model, c.pooling)
     data = phase(final_data, base, c, c.max_length or 128)
-    return phase(_evaluate, base, data, c, bitfit_study, full_study)
+    comparison = phase(final_evaluation, base, data, c, bitfit_study, full_study, report)
+    report.finished(comparison)
+    return comparison
 
 
 def prepare(config: Config = Config(), *, validation_fraction: float | None = HELDOUT_FRACTION,

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bitfit.artifacts import save_artifact
-from bitfit.data import Encoded, TaskData
+from bitfit.data import TaskData, splits_digest
 from bitfit.interrupts import INTERRUPTED, Interrupted, is_interruption, owner, owner_alive
 from bitfit.interrupts import signal_name as _signal_name
 from bitfit.models import BaseModel
@@ -114,13 +114,8 @@ def study_identity(space: SearchSpace, data: TaskData, metric: str) -> dict[str,
     return {"method": space.method, "task": data.task.name, "metric": metric,
             "direction": space.direction,
             "space": _digest(json.dumps(spec, sort_keys=True, default=str).encode()),
-            "data": _digest(*_arrays(data.train), *_arrays(data.evals[selection])),
+            "data": splits_digest(data.train, data.evals[selection]),
             "train_examples": len(data.train), "selection_split": selection}
-
-
-def _arrays(split: Encoded) -> list[bytes]:
-    types = b"" if split.type_ids is None else split.type_ids.tobytes()
-    return [split.ids.tobytes(), split.offsets.tobytes(), split.labels.tobytes(), types]
 
 
 def _digest(*parts: bytes) -> str:
@@ -231,6 +226,7 @@ def run_study(
     run_params: dict[str, Any] | None = None,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> StudyOutcome:
     """Run trials until the study has ``n_trials`` finished ones (the space's budget by default).
 
@@ -248,6 +244,7 @@ def run_study(
         run_params: extra parameters for the parent run (data settings, model).
         device: training device.
         log: where progress lines go.
+        progress: called with (trials done, budget) after each trial.
 
     Raises:
         StudyMismatch: the study exists with another method, metric, space or data.
@@ -276,6 +273,7 @@ def run_study(
             "sampler": space.sampler["name"], "pruner": space.pruner["name"],
             "storage": storage, "study_name": study_name, "task": data.task.name,
             **(run_params or {})})
+        tracker.log_data(parent_id, data, {"train": "training", selection: "selection"})
         study.set_user_attr("mlflow_parent_run_id", parent_id)
     trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
                              tracker=tracker, experiment_id=experiment_id, parent_id=parent_id,
@@ -292,6 +290,8 @@ def run_study(
                     f"{_params_text(study.best_trial.params)})")
         log(f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value}{reason} "
             f"({_params_text(trial.params)}){best}")
+        if progress is not None:
+            progress(min(done, budget), budget)
 
     before = len(study.trials)
     closed: set[int] = set()
@@ -366,6 +366,8 @@ class _TrialRunner:
         if tracker is not None:
             run_id = tracker.trial_run(self.experiment_id, self.parent_id, trial.number, config,
                                        values, worker=self.owner)
+            tracker.log_data(run_id, self.data, {"train": "training",
+                                                 self.data.selection_split: "selection"})
             trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", self.owner)
         trial.set_user_attr("method", config.method)

@@ -3,13 +3,18 @@
 Layout: an experiment per task; a parent run per study (tag ``bitfit.study``), a nested child run
 per trial with the resolved parameters, the metrics of every evaluation (with step), tags for the
 trial number, state and method, and the bias artifact. The parent holds the best value and
-parameters, Optuna's plots and a Parquet table of all trials. Runs are addressed by id through
-``MlflowClient``, so nothing depends on a global active run.
+parameters (also as its description), Optuna's plots and the table of all trials (CSV, which the
+UI shows, and Parquet). Every run carries the user, source and git-commit tags and its data as
+inputs (with the digest of the tokenised split). A final evaluation's parent has the report as
+its description, and its best BitFit seed is registered as the model ``bitfit-<task>`` (alias
+``champion``). Runs are addressed by id through ``MlflowClient``, so nothing depends on a
+global active run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -18,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -26,7 +31,11 @@ from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
-__all__ = ["Tracker", "default_tracking_uri", "mask_url", "ui_command"]
+__all__ = ["Tracker", "default_tracking_uri", "mask_url", "run_url", "ui_command"]
+
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # runs, not GenAI traces
+UI_PORT = 5000  # where ``ui_command`` serves a local store
 
 STUDY_TAG = "bitfit.study"
 # Runs are found by a digest of the user's name, never by a filter string holding the name:
@@ -51,24 +60,91 @@ def ui_command(tracking_uri: str, home: str | os.PathLike[str]) -> str:
             f"--default-artifact-root {artifacts} --host 127.0.0.1 --port 5000")
 
 
+def run_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
+    """The run's page in the MLflow UI: on the tracking server, or where ``ui_command`` serves a
+    local store."""
+    base = (mask_url(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://"))
+            else f"http://127.0.0.1:{UI_PORT}")
+    if experiment_id is None:
+        return base
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+
+
+def context_tags() -> dict[str, str]:
+    """Who ran it, from what, at which commit: MLflow's own context tags (user, source) and the
+    git commit, branch and remote of the bitfit checkout when it is one."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import git_utils
+
+    tags = dict(resolve_tags())
+    here = str(Path(__file__).resolve().parent)
+    commit = git_utils.get_git_commit(here)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        for tag, get in (("mlflow.source.git.branch", git_utils.get_git_branch),
+                         ("mlflow.source.git.repoURL", git_utils.get_git_repo_url)):
+            value = get(here)
+            if value:
+                tags[tag] = mask_url(value)
+    try:
+        from importlib.metadata import version
+
+        tags["bitfit.version"] = version("bitfit")
+    except Exception:  # noqa: BLE001 - run from a plain checkout
+        pass
+    return tags
+
+
 class Tracker:
     """Writes a study's runs to one MLflow tracking store."""
 
     def __init__(self, tracking_uri: str, *, home: str | os.PathLike[str]) -> None:
         self.tracking_uri = tracking_uri
         self._artifacts = (Path(home).resolve() / "mlartifacts").as_uri()
+        self._context = context_tags()
         with store_lock(tracking_uri):  # the first use of a SQLite store migrates its schema
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.client.search_experiments(max_results=1)
 
+    def _run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        return self.client.create_run(experiment_id, run_name=run_name,
+                                      tags={**self._context, **tags}).info.run_id
+
+    def log_data(self, run_id: str, data: Any, splits: dict[str, str]) -> None:
+        """The tokenised splits as the run's inputs: ``splits`` maps each split of ``data``
+        (a ``TaskData``) to its role (``training``, ``selection``, ``evaluation``)."""
+        inputs = []
+        for split, role in splits.items():
+            encoded = data.train if split == "train" else data.evals[split]
+            source = json.dumps({"uri": mask_url(str(data.source))})
+            inputs.append(DatasetInput(
+                Dataset(name=f"{data.task.name}-{split}", digest=encoded.digest(),
+                        source_type="hub" if data.source == "nyu-mll/glue" else "local",
+                        source=source, profile=json.dumps({"num_rows": len(encoded)})),
+                tags=[InputTag("mlflow.data.context", role)]))
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                # Workers sharing a study log the same dataset at once, and the store refuses
+                # the second insert of it; the dataset then exists, and a retry links it.
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
     def experiment(self, name: str) -> str:
-        """The id of the named experiment, created (artifacts under the run home) if new."""
+        """The id of the named experiment, created (artifacts under the run home) if new; the
+        UI opens it on its runs (not on the empty GenAI traces page)."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(KIND_TAG) != KIND:
+                self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
             return found.experiment_id
         location = None if self.tracking_uri.startswith("http") else self._artifacts
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={KIND_TAG: KIND})
         except MlflowException:  # another worker created it first
             again = self.client.get_experiment_by_name(name)
             if again is None:
@@ -93,10 +169,9 @@ class Tracker:
         if found:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-        run = self.client.create_run(experiment_id, run_name=f"search {study_name}",
-                                     tags={STUDY_TAG: study_name, STUDY_KEY_TAG: _key(study_name),
-                                           "bitfit.kind": "search"})
-        mine = run.info.run_id
+        mine = self._run(experiment_id, f"search {study_name}",
+                         {STUDY_TAG: study_name, STUDY_KEY_TAG: _key(study_name),
+                          "bitfit.kind": "search"})
         self.client.log_batch(mine, params=[Param(k, _short(v)) for k, v in params.items()])
         first = ours()[0].info.run_id
         if first != mine:
@@ -106,14 +181,16 @@ class Tracker:
     def trial_run(self, experiment_id: str, parent_id: str, number: int,
                   config: TrainConfig, values: dict[str, Any], worker: str = "") -> str:
         """A child run for a trial, with its resolved parameters (``worker``: host:pid)."""
-        run = self.client.create_run(
-            experiment_id, run_name=f"trial {number}",
-            tags={"mlflow.parentRunId": parent_id, "trial_number": str(number),
-                  "method": config.method, "state": "RUNNING", "worker": worker})
-        params = {**asdict(config), **{f"search.{k}": v for k, v in values.items()}}
-        self.client.log_batch(run.info.run_id,
-                              params=[Param(k, _short(v)) for k, v in params.items()])
-        return run.info.run_id
+        run_id = self._run(experiment_id, f"trial {number}",
+                           {"mlflow.parentRunId": parent_id, "trial_number": str(number),
+                            "method": config.method, "state": "RUNNING", "worker": worker})
+        # the searched values under the config's own names (one axis each in the UI's
+        # parallel coordinates); a searched value that is not a config field keeps its name
+        resolved = asdict(config)
+        params = {**resolved, **{f"search.{k}": v for k, v in values.items()
+                                 if k not in resolved or resolved[k] != v}}
+        self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
+        return run_id
 
     def log_evaluation(self, run_id: str, evaluation: Evaluation, timestamp_ms: int) -> None:
         metrics = [Metric(f"{split}_{name}", value, timestamp_ms, evaluation.step)
@@ -163,6 +240,8 @@ class Tracker:
         import optuna
 
         complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        note = (f"**Study `{study.study_name}`**: {len(study.trials)} trials, none complete "
+                "yet.")
         if complete:
             best = study.best_trial
             self.client.log_batch(parent_id,
@@ -170,30 +249,38 @@ class Tracker:
                                   tags=[RunTag("best_trial", str(best.number))] +
                                   [RunTag(f"best.{k}", _short(v)) for k, v in
                                    best.params.items()])
+            params = ", ".join(f"`{k}` = {v}" for k, v in best.params.items())
+            note = (f"**Study `{study.study_name}`**: best value **{best.value:.4f}** "
+                    f"(trial {best.number}: {params}) of {len(study.trials)} trials; the "
+                    "trials are the child runs, `trials.csv` lists them all.")
+        self.client.set_tag(parent_id, NOTE_TAG, note)
         with tempfile.TemporaryDirectory() as tmp:
-            study.trials_dataframe().to_parquet(Path(tmp) / "trials.parquet")
-            _plots(study, Path(tmp))
+            table = study.trials_dataframe()
+            table.to_parquet(Path(tmp) / "trials.parquet")
+            table.to_csv(Path(tmp) / "trials.csv", index=False)
             self.client.log_artifacts(parent_id, tmp)
+        import matplotlib.pyplot as plt
+
+        for name, figure in _plots(study):
+            self.client.log_figure(parent_id, figure, f"plots/{name}.png")
+            plt.close(figure)
         self.client.set_terminated(parent_id, status="FINISHED")
 
     def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
         """A parent run for a final evaluation."""
-        run = self.client.create_run(experiment_id, run_name=f"evaluation {name}",
-                                     tags={"bitfit.evaluation": name,
-                                           "bitfit.kind": "evaluation"})
-        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v))
-                                                       for k, v in params.items()])
-        return run.info.run_id
+        run_id = self._run(experiment_id, f"evaluation {name}",
+                           {"bitfit.evaluation": name, "bitfit.kind": "evaluation"})
+        self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
+        return run_id
 
     def seed_run(self, experiment_id: str, parent_id: str, label: str, seed: int,
                  config: TrainConfig) -> str:
         """A child run for one (method, seed) of a final evaluation."""
-        run = self.client.create_run(
-            experiment_id, run_name=f"{label} seed {seed}",
-            tags={"mlflow.parentRunId": parent_id, "method": label, "seed": str(seed)})
-        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v)) for k, v in
-                                                       asdict(config).items()])
-        return run.info.run_id
+        run_id = self._run(experiment_id, f"{label} seed {seed}",
+                           {"mlflow.parentRunId": parent_id, "method": label, "seed": str(seed)})
+        self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in
+                                              asdict(config).items()])
+        return run_id
 
     def end_seed_run(self, run_id: str, result: TrainResult, seed_run: Any,
                      artifact_dir: str | None) -> None:
@@ -216,14 +303,27 @@ class Tracker:
         self.client.set_terminated(run_id, status="FINISHED")
 
     def end_evaluation(self, parent_id: str, folder: Path, metrics: dict[str, float]) -> None:
-        """The comparison table (Markdown, Parquet), plots and test on the parent run."""
+        """The report as the run's description; the comparison table (CSV, Parquet), plots
+        and test on the parent run."""
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), _now_ms(), 0)
                                                   for k, v in metrics.items()
                                                   if v == v])  # NaN: no test possible
-        for name in ("report.md", "comparison.parquet", "runs.json", "dev_per_seed.png",
-                     "learning_curves.png"):
+        self.client.set_tag(parent_id, NOTE_TAG, (folder / "report.md").read_text()[:60_000])
+        for name in ("report.md", "comparison.csv", "comparison.parquet", "runs.json",
+                     "dev_per_seed.png", "learning_curves.png"):
             self.client.log_artifact(parent_id, str(folder / name))
         self.client.set_terminated(parent_id, status="FINISHED")
+
+    def register(self, run_id: str, artifact_dir: str | os.PathLike[str], task: str,
+                 description: str = "") -> str:
+        """Log a BitFit artifact as an MLflow model on ``run_id`` and register it as
+        ``bitfit-<task>`` with the alias ``champion``; the model's ``models:/`` URI."""
+        from bitfit.registry import ALIAS, register_best
+
+        version = register_best(self.client, run_id, artifact_dir, task, description)
+        self.client.set_tag(run_id, "bitfit.registered_model",
+                            f"{version.name} version {version.version}")
+        return f"models:/{version.name}@{ALIAS}"
 
     def child_runs(self, experiment_id: str, parent_id: str) -> list:
         return self.client.search_runs(
@@ -231,35 +331,34 @@ class Tracker:
             max_results=10_000)
 
 
-def _plots(study, folder: Path) -> None:
+def _plots(study) -> list[tuple[str, Any]]:
+    """Optuna's plots that the study's trials allow, as matplotlib figures."""
     import matplotlib
     import optuna
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is no news here
+    figures = []
     try:
-        _plot_all(study, folder, vis, plt)
+        for name, plot in (("optimization_history", vis.plot_optimization_history),
+                           ("intermediate_values", vis.plot_intermediate_values),
+                           ("timeline", vis.plot_timeline),
+                           ("param_importances", vis.plot_param_importances),
+                           ("slice", vis.plot_slice)):
+            try:
+                with warnings.catch_warnings():  # "experimental" and few-trials notices
+                    warnings.simplefilter("ignore")
+                    axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # too few finished trials or parameters for this plot yet
+            figures.append((name, (axes.flat[0] if hasattr(axes, "flat") else axes
+                                   ).get_figure()))
     finally:
         optuna.logging.set_verbosity(verbosity)
-
-
-def _plot_all(study, folder: Path, vis, plt) -> None:
-    for name, plot in (("optimization_history", vis.plot_optimization_history),
-                       ("param_importances", vis.plot_param_importances),
-                       ("slice", vis.plot_slice)):
-        try:
-            with warnings.catch_warnings():  # "experimental" and few-trials notices
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            continue  # too few finished trials or parameters for this plot yet
-        figure: Any = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-        figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
-        plt.close(figure)
+    return figures
 
 
 def _short(value: Any) -> str:

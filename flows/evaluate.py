@@ -20,18 +20,19 @@ quiet_environment()  # before Prefect reads its settings
 from prefect import flow  # noqa: E402
 
 from bitfit import commands, orchestrate, pipeline  # noqa: E402
+from bitfit.pipeline import ExtraMethod, Pooling  # noqa: E402
 from bitfit.services import refuse_secrets  # noqa: E402
 
 
-@flow(name="bitfit-evaluate")
+@flow(name="bitfit-evaluate", flow_run_name="{task}-evaluate")
 def evaluate(bitfit_study: str = "cola-bitfit", full_study: str | None = None,
              task: str = "cola", data_dir: str | None = None, train_file: str | None = None,
              dev_file: str | None = None, test_file: str | None = None,
              text_columns: str = "sentence", label_column: str = "label",
              regression: bool = False, columns: str | None = None,
              max_train_samples: int | None = None, max_length: int | None = None,
-             model: str | None = None, pooling: str = "auto", device: str = "auto",
-             seeds: int = 5, extra_methods: tuple[str, ...] = (),
+             model: str | None = None, pooling: Pooling = "auto", device: str = "auto",
+             seeds: int = 5, extra_methods: tuple[ExtraMethod, ...] = (),
              eval_processes: int | None = None, storage: str | None = None,
              tracking_uri: str | None = None, home: str | None = None) -> dict:
     """Best configs -> S seeds each on the whole training split -> comparison on dev (and on
@@ -40,7 +41,7 @@ def evaluate(bitfit_study: str = "cola-bitfit", full_study: str | None = None,
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     return pipeline.evaluate(config, bitfit_study=bitfit_study, full_study=full_study,
-                             phase=orchestrate.as_task)
+                             phase=orchestrate.as_task, report=orchestrate.PrefectReport())
 
 
 def main(argv: list[str] | None = None) -> int:

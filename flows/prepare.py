@@ -21,15 +21,16 @@ quiet_environment()  # before Prefect reads its settings
 from prefect import flow  # noqa: E402
 
 from bitfit import commands, orchestrate, pipeline  # noqa: E402
+from bitfit.pipeline import Pooling  # noqa: E402
 
 
-@flow(name="bitfit-prepare")
+@flow(name="bitfit-prepare", flow_run_name="{task}-prepare")
 def prepare(task: str = "cola", data_dir: str | None = None, train_file: str | None = None,
             dev_file: str | None = None, test_file: str | None = None,
             text_columns: str = "sentence", label_column: str = "label",
             regression: bool = False, columns: str | None = None,
             max_train_samples: int | None = None, max_length: int | None = None,
-            model: str | None = None, pooling: str = "auto", home: str | None = None,
+            model: str | None = None, pooling: Pooling = "auto", home: str | None = None,
             validation_fraction: float | None = pipeline.HELDOUT_FRACTION) -> dict:
     """Prepare a task's data for a search; returns the split sizes."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config

@@ -26,37 +26,41 @@ quiet_environment()  # before Prefect reads its settings
 from prefect import flow  # noqa: E402
 
 from bitfit import commands, orchestrate, pipeline  # noqa: E402
+from bitfit.pipeline import ExtraMethod, Pooling, SelectOn  # noqa: E402
 from bitfit.services import refuse_secrets  # noqa: E402
 
 
-@flow(name="bitfit-study")
+# A worker that fails is run once more: the study resumes, retrying the trial it lost. Its runs
+# are named by whoever starts them (run_workers: <study>-worker-<i>).
+@flow(name="bitfit-study", retries=1)
 def study(task: str = "cola", data_dir: str | None = None, train_file: str | None = None,
           dev_file: str | None = None, text_columns: str = "sentence", label_column: str = "label",
           regression: bool = False, columns: str | None = None,
           max_train_samples: int | None = None, max_length: int | None = None,
-          model: str | None = None, pooling: str = "auto", device: str = "auto",
+          model: str | None = None, pooling: Pooling = "auto", device: str = "auto",
           threads: int | None = None, space: str = "bitfit", n_trials: int | None = None,
-          select_on: str = "heldout", study_name: str | None = None, storage: str | None = None,
-          tracking_uri: str | None = None, home: str | None = None) -> dict:
+          select_on: SelectOn = "heldout", study_name: str | None = None,
+          storage: str | None = None, tracking_uri: str | None = None,
+          home: str | None = None) -> dict:
     """One worker of a study: load the model once, then run trials until the study's budget
     is spent, together with every other worker on the same storage."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     return pipeline.run(dataclasses.replace(config, baseline=False, seeds=0),
-                        phase=orchestrate.as_task)
+                        phase=orchestrate.as_task, report=orchestrate.PrefectReport())
 
 
-@flow(name="bitfit-search")
+@flow(name="bitfit-search", flow_run_name="{task}-search")
 def search(task: str = "cola", data_dir: str | None = None, train_file: str | None = None,
            dev_file: str | None = None, test_file: str | None = None,
            text_columns: str = "sentence", label_column: str = "label", regression: bool = False,
            columns: str | None = None, max_train_samples: int | None = None,
-           max_length: int | None = None, model: str | None = None, pooling: str = "auto",
+           max_length: int | None = None, model: str | None = None, pooling: Pooling = "auto",
            device: str = "auto", threads: int | None = None, space: str = "bitfit",
            baseline_space: str = "full_ft", quick: bool = False, n_trials: int | None = None,
-           select_on: str = "heldout", study_name: str | None = None, baseline: bool = True,
+           select_on: SelectOn = "heldout", study_name: str | None = None, baseline: bool = True,
            baseline_study: str | None = None, workers: int = 1, seeds: int = 5,
-           extra_methods: tuple[str, ...] = (), eval_processes: int | None = None,
+           extra_methods: tuple[ExtraMethod, ...] = (), eval_processes: int | None = None,
            storage: str | None = None, tracking_uri: str | None = None,
            home: str | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
@@ -67,7 +71,8 @@ def search(task: str = "cola", data_dir: str | None = None, train_file: str | No
     """
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    return pipeline.run(config, phase=orchestrate.as_task, on_workers=orchestrate.on_workers)
+    return pipeline.run(config, phase=orchestrate.as_task, on_workers=orchestrate.on_workers,
+                        report=orchestrate.PrefectReport())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,10 +59,11 @@ class Stack:
     """PostgreSQL + MLflow server + Prefect server on loopback; a context manager."""
 
     def __init__(self, *, prefect: bool = True, mlflow: bool = True,
-                 password: str | None = None) -> None:
+                 password: str | None = None, ui: bool = False) -> None:
         """``password``: PostgreSQL asks for it (scram) instead of trusting loopback; the
-        servers here get it as PGPASSWORD, and so must every client."""
-        self.want_prefect, self.want_mlflow = prefect, mlflow
+        servers here get it as PGPASSWORD, and so must every client. ``ui``: the Prefect
+        server serves its UI too (at ``prefect_ui``)."""
+        self.want_prefect, self.want_mlflow, self.ui = prefect, mlflow, ui
         self.password = password
         self.root = Path(tempfile.mkdtemp(prefix="bitfit-stack-"))
         self.pg_port = free_port()
@@ -85,6 +86,10 @@ class Stack:
     @property
     def prefect_api(self) -> str:
         return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}"
 
     def env(self) -> dict[str, str]:
         """The variables that point the flows at this stack."""
@@ -164,12 +169,15 @@ class Stack:
     def _start_prefect(self) -> None:
         process = self._spawn(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(self.prefect_port), "--no-ui"],
+             "--port", str(self.prefect_port), "--ui" if self.ui else "--no-ui"],
             "prefect.log",
             {"PREFECT_API_DATABASE_CONNECTION_URL": self.db_url("prefect",
                                                                "postgresql+asyncpg"),
-             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-             **self.pg_env()})
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             "PREFECT_UI_ENABLED": "true" if self.ui else "false",
+             "PREFECT_UI_API_URL": self.prefect_api,
+             # the UI's files, rewritten for this API, here rather than in site-packages
+             "PREFECT_UI_STATIC_DIRECTORY": str(self.root / "prefect-ui"), **self.pg_env()})
         _wait(lambda: _http_ok(f"{self.prefect_api}/health"), "the Prefect server", 120, process)
 
     def stop(self) -> None:
@@ -203,10 +211,11 @@ if __name__ == "__main__":
     # SIGINT too: a shell starts background jobs with it ignored, and `kill -INT` must still work
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_on_signal)
-    stack = Stack()
+    stack = Stack(ui=True)
     try:
         stack.start()
-        print("# the stack is up; export these, then run the flows (Ctrl-C or kill "
+        print(f"# the stack is up: the Prefect UI at {stack.prefect_ui}, the MLflow UI at "
+              f"{stack.mlflow_uri}; export these, then run the flows (Ctrl-C or kill "
               f"{os.getpid()} stops everything):", flush=True)
         for key, value in stack.env().items():
             print(f"export {key}={value}", flush=True)

@@ -88,3 +88,19 @@ def tiny_model_dir(tmp_path: Path, family: str, base) -> Path:
     AutoModel.from_config(tiny_config(family)).save_pretrained(folder)
     base.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The native server stack (infra/stack.py): PostgreSQL, an MLflow server and a Prefect
+    server with its UI, on loopback; started once for the tests that need servers."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "infra"))
+    from stack import PG_BIN, Stack
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"the server tests need the PostgreSQL 15 server binaries in {PG_BIN} "
+                    "(or $PG_BIN)")
+    with Stack(ui=True) as running:
+        yield running

@@ -36,7 +36,17 @@ def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_p
     for name in ("report.md", "comparison.parquet", "dev_per_seed.png", "learning_curves.png"):
         assert (comparison.folder / name).is_file()
     parent = {a.path for a in tracker.client.list_artifacts(comparison.parent_run_id)}
-    assert {"report.md", "comparison.parquet", "dev_per_seed.png"} <= parent
+    assert {"report.md", "comparison.csv", "comparison.parquet", "dev_per_seed.png"} <= parent
+    evaluation = tracker.client.get_run(comparison.parent_run_id)
+    assert evaluation.data.tags["mlflow.note.content"] == (comparison.folder / "report.md"
+                                                           ).read_text()
+    assert {i.dataset.name for i in evaluation.inputs.dataset_inputs} == {"cola-train",
+                                                                          "cola-validation"}
+    # the best BitFit seed, registered: its run holds the model
+    best = max((r for r in comparison.runs if r.method == "bitfit"), key=lambda r: r.metrics["mcc"])
+    assert comparison.registered_model == "models:/bitfit-cola@champion"
+    version = tracker.client.get_model_version_by_alias("bitfit-cola", "champion")
+    assert version.run_id == best.run_id
     mean = sum(r.metrics["mcc"] for r in comparison.runs if r.method == "bitfit") / 2
     assert f"| bitfit | 2 | {mean:.4f}" in comparison.markdown
 

@@ -82,7 +82,8 @@ def _wait_for_running_trial(home: Path, process: subprocess.Popen, timeout: floa
     raise AssertionError(f"no trial started: {process.communicate()[1][-3000:]}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+# SIGINT and SIGHUP take SIGTERM's path (tests/test_interrupts.py)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_it(
         sig, glue_dir, tmp_path):
     args = ("--n-trials", "2", "--max-train-samples", "500", "--study-name", "cut")

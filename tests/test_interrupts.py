@@ -11,14 +11,20 @@ from bitfit.interrupts import (Interrupted, _start_time, catch_signals, exit_cod
                                owner_alive)
 
 
-def test_sigterm_inside_the_block_raises_an_interruption_and_the_handler_is_restored():
-    before = signal.getsignal(signal.SIGTERM)
+# SIGTERM, SIGINT and SIGHUP take the same path; tests/test_faults.py runs SIGTERM and SIGKILL
+# end to end through a search.
+@pytest.mark.parametrize("sig, name, code", [(signal.SIGTERM, "SIGTERM", 143),
+                                             (signal.SIGINT, "SIGINT", 130),
+                                             (signal.SIGHUP, "SIGHUP", 129)])
+def test_a_signal_inside_the_block_raises_an_interruption_and_the_handler_is_restored(
+        sig, name, code):
+    before = signal.getsignal(sig)
     with pytest.raises(Interrupted) as caught, catch_signals():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         for _ in range(10_000_000):  # the handler runs between bytecodes
             pass
-    assert caught.value.signal_name == "SIGTERM" and exit_code(caught.value) == 143
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert caught.value.signal_name == name and exit_code(caught.value) == code
+    assert signal.getsignal(sig) is before
 
 
 def test_an_owner_is_alive_while_its_process_runs_and_not_after():

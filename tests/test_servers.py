@@ -12,22 +12,9 @@ import time
 import urllib.request
 
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "infra"))
-from stack import PG_BIN, Stack  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not (PG_BIN / "initdb").exists(),
-                                reason="PostgreSQL server binaries are not installed")
-
-
-@pytest.fixture(scope="module")
-def stack():
-    with Stack() as running:
-        yield running
 
 
 def _search(stack, glue_dir, home, *args, env=None):
@@ -44,23 +31,6 @@ def _children(stack, summary):
     return client.search_runs(
         [summary["experiment_id"]],
         filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
-
-
-def test_a_search_runs_on_the_prefect_server_with_postgres_and_mlflow_server(stack, glue_dir,
-                                                                             tmp_path):
-    process = _search(stack, glue_dir, tmp_path, "--n-trials", "2", "--study-name", "one")
-    out, err = process.communicate(timeout=600)
-
-    assert process.returncode == 0, err[-3000:]
-    summary = json.loads(out)
-    assert summary["storage"] == stack.optuna_storage and summary["trials"] == 2
-    assert summary["tracking_uri"] == stack.mlflow_uri
-    assert len(_children(stack, summary)) == 2
-    request = urllib.request.Request(f"{stack.prefect_api}/flow_runs/filter", data=b"{}",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        runs = json.load(response)
-    assert any(r["state_type"] == "COMPLETED" for r in runs)
 
 
 def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials(

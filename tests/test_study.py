@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -50,7 +51,42 @@ def test_a_study_records_each_trial_as_a_child_run_with_a_bias_artifact(base, co
     assert parent.data.metrics["best_value"] == outcome.study.best_value
     assert parent.data.tags["best_trial"] == str(outcome.study.best_trial.number)
     artifacts = {a.path for a in tracker.client.list_artifacts(outcome.parent_run_id)}
-    assert {"trials.parquet", "optimization_history.png"} <= artifacts
+    assert {"trials.parquet", "trials.csv", "plots"} <= artifacts
+    plots = {a.path for a in tracker.client.list_artifacts(outcome.parent_run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+    assert "plots/intermediate_values.png" in plots and "plots/timeline.png" in plots
+
+
+def test_every_run_says_who_ran_it_on_what_data_and_when(base, cola_search, tmp_path):
+    import subprocess
+    import time
+
+    seen: list = []
+    outcome, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "who", 2,
+                            progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]
+    seen.clear()
+    outcome, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "who", 3,
+                            progress=lambda done, total: seen.append((done, total)))
+
+    assert seen == [(3, 3)]  # the third trial of three
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    assert "best value" in parent.data.tags["mlflow.note.content"]
+    runs = [parent, *tracker.child_runs(outcome.experiment_id, outcome.parent_run_id)]
+    for run in runs:
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
+        assert run.data.tags["mlflow.source.git.commit"] == commit
+        inputs = {i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags})
+                  for i in run.inputs.dataset_inputs}
+        assert inputs == {
+            "cola-train": (cola_search.train.digest(), {"mlflow.data.context": "training"}),
+            "cola-heldout": (cola_search.evals["heldout"].digest(),
+                             {"mlflow.data.context": "selection"})}
+        for key in run.data.metrics:
+            stamp = tracker.client.get_metric_history(run.info.run_id, key)[-1].timestamp
+            assert abs(stamp / 1000 - time.time()) < 3600, (key, stamp)
 
 
 def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search, tmp_path):

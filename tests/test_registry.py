@@ -1,0 +1,36 @@
+"""The best BitFit run as a registered MLflow model: loaded by name, it predicts as Predictor."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from bitfit.artifacts import Predictor, save_artifact
+from bitfit.registry import ALIAS, register_best
+from bitfit.train import TrainConfig, train
+
+
+def test_the_champion_loads_by_name_and_predicts_as_predictor(base, sst2_small, tmp_path,
+                                                               monkeypatch):
+    result = train(base, sst2_small, TrainConfig(epochs=1, learning_rate=5e-3,
+                                                 precision="fp32"), progress=False)
+    folder = save_artifact(result, base, sst2_small.task, tmp_path / "artifact")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sst2", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    first = register_best(client, run_id, folder, "sst2")
+    second = register_best(client, run_id, folder, "sst2")  # a newer champion: version 2
+
+    assert (int(first.version), int(second.version)) == (1, 2)
+    assert int(client.get_model_version_by_alias("bitfit-sst2", ALIAS).version) == 2
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/bitfit-sst2@{ALIAS}")
+    texts = ["a wonderful, moving film", "dull and lifeless", "it was fine, I guess"]
+
+    assert list(model.predict(pd.DataFrame({"sentence": texts}))) == Predictor(folder)(texts)
+    # the model holds the kilobyte artifact, not the base model's weights
+    files = list((tmp_path / "a").rglob("*"))
+    assert sum(f.stat().st_size for f in files if f.is_file()) < 2_000_000
