@@ -61,8 +61,13 @@ class PrefectReport(pipeline.Report):
         from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
                                        create_table_artifact)
 
+        from prefect.runtime import flow_run
+
         from bitfit.tracking import run_url
 
+        # where the Prefect UI shows this run (its artifacts and logs)
+        summary["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name,
+                                       "ui": flow_run.ui_url}
         task = summary["task"]
         create_markdown_artifact(pipeline.summary_markdown(summary),
                                  key=artifact_key(f"{task}-report"),

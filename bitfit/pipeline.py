@@ -533,6 +533,9 @@ def print_summary(summary: dict[str, Any]) -> None:
           + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
              if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
     print(f"see it: {summary['mlflow_ui']}")
+    if summary.get("prefect_flow_run", {}).get("ui"):
+        print(f"Prefect: flow run {summary['prefect_flow_run']['name']} at "
+              f"{summary['prefect_flow_run']['ui']}")
 
 
 # --------------------------------------------------------------------------- phases and the run

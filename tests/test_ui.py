@@ -44,15 +44,12 @@ def searched(stack, glue_dir, tmp_path_factory):
         os.environ.pop("PREFECT_API_URL", None)
 
 
-def _flow_run(name: str):
+def _flow_run(summary: dict):
+    """The flow run the summary names, read back from the Prefect server."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[name])))
-    assert len(runs) == 1, [r.name for r in runs]
-    return runs[0]
+        return client.read_flow_run(UUID(summary["prefect_flow_run"]["id"]))
 
 
 def test_the_flow_run_holds_the_report_trials_progress_and_links(searched):
@@ -61,8 +58,11 @@ def test_the_flow_run_holds_the_report_trials_progress_and_links(searched):
                                                 LogFilter, LogFilterFlowRunId)
 
     stack, summary, _ = searched
-    run = _flow_run("sst2-search")  # named from its parameters
+    run = _flow_run(summary)
+    assert run.name == "sst2-search"  # named from its parameters
     assert run.state is not None and run.state.is_completed()
+    ui = summary["prefect_flow_run"]["ui"]
+    assert ui.startswith(stack.prefect_ui) and ui.endswith(str(run.id))
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
@@ -105,7 +105,7 @@ def test_the_mlflow_and_prefect_uis_show_the_search(searched):
     trials = [r.info.run_id for r in client.search_runs(
         [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")]
     quote = urllib.parse.quote
-    run = _flow_run("sst2-search")
+    run = _flow_run(summary)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT, check=True).stdout.strip()
     with Browser(shots) as browser:
@@ -137,6 +137,7 @@ def test_the_mlflow_and_prefect_uis_show_the_search(searched):
         browser.screenshot(shots / "mlflow-model.png")
         # the Prefect flow run: trial lines in its logs, the artifacts, the report rendered
         prefect = stack.prefect_ui
+        browser.open(summary["prefect_flow_run"]["ui"], "sst2-search", "Completed")  # as printed
         browser.open(f"{prefect}/v2/runs/flow-run/{run.id}?tab=Logs", "sst2-search",
                      "Completed", "trial 2 of 2")
         browser.screenshot(shots / "prefect-logs.png")
