@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +25,33 @@ def registered_name(task: str) -> str:
     return f"bitfit-{task}"
 
 
-class BitFitModel(PythonModel):
-    """A BitFit artifact served by MLflow: ``predict`` takes a DataFrame whose first column is
-    the text (first two columns: the pair of a two-text task), a list of texts or of pairs, and
-    returns label names (floats for regression)."""
+# MLflow asks for type hints on predict; its input is a DataFrame, a list of texts or of
+# pairs, which the signature (register_best) describes instead.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context: Any) -> None:
-        from bitfit.artifacts import Predictor
+    class BitFitModel(PythonModel):
+        """A BitFit artifact served by MLflow: ``predict`` takes a DataFrame whose first column is
+        the text (first two columns: the pair of a two-text task), a list of texts or of pairs, and
+        returns label names (floats for regression)."""
 
-        self.predictor = Predictor(context.artifacts["bias"])
-        self.pairs = len(self.predictor.manifest["task"]["text_columns"]) == 2
+        def load_context(self, context: Any) -> None:
+            from bitfit.artifacts import Predictor
 
-    # no type hints here: MLflow would read them as the model's input schema
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        import pandas as pd
+            self.predictor = Predictor(context.artifacts["bias"])
+            self.pairs = len(self.predictor.manifest["task"]["text_columns"]) == 2
 
-        if isinstance(model_input, pd.DataFrame):
-            columns = [model_input[c].astype(str).tolist()
-                       for c in model_input.columns[:2 if self.pairs else 1]]
-            texts: list = list(zip(*columns, strict=True)) if self.pairs else columns[0]
-        else:
-            texts = [tuple(t) if isinstance(t, (list, tuple)) else t for t in model_input]
-        return self.predictor(texts)
+        # no type hints here: MLflow would read them as the model's input schema
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            import pandas as pd
+
+            if isinstance(model_input, pd.DataFrame):
+                columns = [model_input[c].astype(str).tolist()
+                           for c in model_input.columns[:2 if self.pairs else 1]]
+                texts: list = list(zip(*columns, strict=True)) if self.pairs else columns[0]
+            else:
+                texts = [tuple(t) if isinstance(t, (list, tuple)) else t for t in model_input]
+            return self.predictor(texts)
 
 
 def _requirements() -> list[str]:
@@ -70,8 +76,11 @@ def register_best(client, run_id: str, artifact_dir: str | os.PathLike[str], tas
     signature = infer_signature(texts, [0.5] if spec["regression"] else ["a label"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / MODEL_PATH
-        save_model(folder, python_model=BitFitModel(), artifacts={"bias": str(artifact_dir)},
-                   signature=signature, pip_requirements=_requirements())
+        with warnings.catch_warnings():  # "no input example": the signature says it all
+            warnings.simplefilter("ignore")
+            save_model(folder, python_model=str(Path(__file__).with_name("_pyfunc.py")),
+                       artifacts={"bias": str(artifact_dir)}, signature=signature,
+                       pip_requirements=_requirements())
         client.log_artifacts(run_id, str(folder), artifact_path=MODEL_PATH)
     name = registered_name(task)
     try:

@@ -24,7 +24,8 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout is ours
-             "MLFLOW_LOGGING_LEVEL": "WARNING", **MLFLOW_HTTP_DEFAULTS}
+             "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             **MLFLOW_HTTP_DEFAULTS}
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:

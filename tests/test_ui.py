@@ -5,6 +5,7 @@ in headless Chromium. Screenshots go under the run home (``<home>/screenshots``)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -37,33 +38,37 @@ def searched(stack, glue_dir, tmp_path_factory):
     summary = json.loads(out.stdout)
     assert summary["storage"] == stack.optuna_storage and summary["trials"] == 2
     assert summary["tracking_uri"] == stack.mlflow_uri
-    os.environ["PREFECT_API_URL"] = stack.prefect_api  # the client below reads it
-    try:
-        yield stack, summary, home
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
+    return stack, summary, home
 
 
-def _flow_run(summary: dict):
-    """The flow run the summary names, read back from the Prefect server."""
+@contextlib.contextmanager
+def _client(stack):
+    """A Prefect client of the stack's server (this process may have set up another API)."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with get_client(sync_client=True) as client:
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}), \
+            get_client(sync_client=True) as client:
+        yield client
+
+
+def _flow_run(stack, summary: dict):
+    """The flow run the summary names, read back from the Prefect server."""
+    with _client(stack) as client:
         return client.read_flow_run(UUID(summary["prefect_flow_run"]["id"]))
 
 
 def test_the_flow_run_holds_the_report_trials_progress_and_links(searched):
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId,
                                                 LogFilter, LogFilterFlowRunId)
 
     stack, summary, _ = searched
-    run = _flow_run(summary)
+    run = _flow_run(stack, summary)
     assert run.name == "sst2-search"  # named from its parameters
     assert run.state is not None and run.state.is_completed()
     ui = summary["prefect_flow_run"]["ui"]
     assert ui.startswith(stack.prefect_ui) and ui.endswith(str(run.id))
-    with get_client(sync_client=True) as client:
+    with _client(stack) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
@@ -105,7 +110,7 @@ def test_the_mlflow_and_prefect_uis_show_the_search(searched):
     trials = [r.info.run_id for r in client.search_runs(
         [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")]
     quote = urllib.parse.quote
-    run = _flow_run(summary)
+    run = _flow_run(stack, summary)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT, check=True).stdout.strip()
     with Browser(shots) as browser:
@@ -144,18 +149,17 @@ def test_the_mlflow_and_prefect_uis_show_the_search(searched):
         browser.open(f"{prefect}/v2/runs/flow-run/{run.id}?tab=Artifacts", "sst2-report",
                      artifact_key(f"trials-{summary['study_name']}"))
         browser.screenshot(shots / "prefect-artifacts.png")
-        report = _artifact_id(run.id, "sst2-report")
+        report = _artifact_id(stack, run.id, "sst2-report")
         browser.open(f"{prefect}/v2/artifacts/artifact/{report}", "Final evaluation",
                      "models:/bitfit-sst2@champion")
         browser.screenshot(shots / "prefect-report.png")
     assert len(list(shots.glob("*.png"))) == 9
 
 
-def _artifact_id(flow_run_id: UUID, key: str) -> str:
-    from prefect.client.orchestration import get_client
+def _artifact_id(stack, flow_run_id: UUID, key: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
+    with _client(stack) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return next(str(a.id) for a in artifacts if a.key == key)

@@ -1,0 +1,200 @@
+"""The default CoLA pipeline against the machine's compute floor, phase by phase, in one run.
+
+    python benchmarks/pipeline.py [--fraction 1.0] [--task cola]
+
+It runs ``bitfit.pipeline.run`` on the embedded defaults (the BitFit study of 20 trials, the
+4-point full fine-tuning grid, 5 + 5 final seeds, all of CoLA) in a fresh home, each phase timed,
+and prints per phase the wall time, the tokens, the matrix FLOPs, the floor and the efficiency:
+
+- **FLOPs** count every real token (padding excluded) through every matrix product of the
+  encoder: per layer and token 8h^2 (Q, K, V, output) + 4h*ffn (the MLP) + 4h*n (attention over
+  the example's n tokens), times 1 for an evaluation, 2 for a BitFit or head-only step (the
+  backward needs the activations' gradients, not the weights'), 3 for full fine-tuning.
+- **floor** = FLOPs / the machine's matrix-multiply rate at the precision the runs use, measured
+  here (a few seconds of products of the encoder's shapes, all cores).
+- **efficiency** = floor / wall; the goal for the whole default pipeline is >= 0.5.
+
+``--fraction f`` scales the BitFit trials, the seeds and the training rows by f for a quicker
+look (the JSON says so); the grid keeps its 4 points. Each phase's line also says where the
+rest of its time went: its CPU use (the cores it left idle), and the share of its FLOPs spent
+in evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import DATA_DIR, Run, emit, log
+
+START = time.perf_counter()
+
+from bitfit import pipeline  # noqa: E402
+from bitfit.data import Encoded, TaskData  # noqa: E402
+from bitfit.space import load_space  # noqa: E402
+from bitfit.train import resolve_precision  # noqa: E402
+
+PASSES = {"bitfit": 2, "frozen": 2, "rand": 2, "full": 3}  # forward + backward, in forwards
+
+
+def matmul_rate(precision: str, seconds: float = 2.0) -> float:
+    """FLOP/s of the encoder's matrix shapes (2,048 tokens) at ``precision``, all cores."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    shapes = [(2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384)]
+    pairs = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype))
+             for m, k, n in shapes]
+    flops_per_round = sum(2 * m * k * n for m, k, n in shapes)
+    for a, b in pairs:  # warm-up
+        a @ b
+    rounds, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for a, b in pairs:
+            a @ b
+        rounds += 1
+    return rounds * flops_per_round / (time.perf_counter() - start)
+
+
+def forward_flops(split: Encoded, config: Any) -> float:
+    """Matrix FLOPs of one forward pass of every real token of ``split``."""
+    h, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    n = split.lengths.astype(np.float64)
+    return float(layers * ((8 * h * h + 4 * h * ffn) * n.sum() + 4 * h * (n * n).sum()))
+
+
+class Timed:
+    """The pipeline's ``phase`` hook: runs each phase and keeps its wall and CPU time."""
+
+    def __init__(self) -> None:
+        self.phases: list[dict[str, Any]] = []
+        self.data: dict[str, TaskData] = {}
+
+    def __call__(self, fn, *args, **kwargs):
+        cpu = _cpu()
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        wall = time.perf_counter() - start
+        self.phases.append({"phase": fn.__name__, "wall_s": wall, "cpu_s": _cpu() - cpu,
+                            "kwargs": kwargs, "args": args, "result": result})
+        return result
+
+
+def _cpu() -> float:
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def study_flops(storage: str, name: str, data: TaskData, config: Any) -> tuple[float, float,
+                                                                              int, int]:
+    """(training FLOPs, evaluation FLOPs, training tokens, evaluation tokens) of a study: each
+    trial's epochs on its training split and its evaluations on the selection split."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    train_f = forward_flops(data.train, config)
+    eval_split = data.evals[data.selection_split]
+    eval_f = forward_flops(eval_split, config)
+    training = evaluation = 0.0
+    train_tokens = eval_tokens = 0
+    for trial in study.trials:
+        epochs = len(trial.intermediate_values)
+        passes = PASSES[trial.user_attrs.get("method", "bitfit")]
+        training += epochs * passes * train_f
+        evaluation += epochs * eval_f
+        train_tokens += epochs * int(data.train.lengths.sum())
+        eval_tokens += epochs * int(eval_split.lengths.sum())
+    return training, evaluation, train_tokens, eval_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fraction", type=float, default=1.0)
+    parser.add_argument("--task", default="cola")
+    args = parser.parse_args()
+    f = args.fraction
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    space = load_space("bitfit")
+    precision = resolve_precision("auto", torch.device("cpu"))
+    log(f"probing the matrix-multiply rate ({precision})")
+    rate = matmul_rate(precision)
+    scaled = f < 1.0
+    rows = None
+    if scaled:
+        from bitfit.data import load_splits
+        from bitfit.tasks import load_task
+
+        total = len(load_splits(load_task(args.task), data_dir=DATA_DIR)[1]["train"])
+        rows = max(200, round(total * f))
+    n_trials = max(2, round(space.n_trials * f)) if scaled else None
+    seeds = max(2, round(5 * f)) if scaled else 5
+    run = Run()
+    timed = Timed()
+    with tempfile.TemporaryDirectory() as home:
+        config = pipeline.Config(task=args.task, data_dir=str(DATA_DIR), n_trials=n_trials,
+                                 seeds=seeds, max_train_samples=rows, home=home)
+        start = time.perf_counter()
+        summary = pipeline.run(config, phase=timed)
+        wall = time.perf_counter() - start
+        storage = f"sqlite:///{Path(home).resolve()}/optuna.db"
+        base = timed.phases[0]["result"]
+        encoder = base.encoder.config
+        phases = []
+        for p in timed.phases:
+            name, flops, eval_flops, tokens = p["phase"], 0.0, 0.0, 0
+            if name == "search_study":
+                study = p["kwargs"]["study_name"]
+                t, e, tt, et = study_flops(storage, study, p["args"][1], encoder)
+                flops, eval_flops, tokens = t + e, e, tt + et
+                name = f"study {study}"
+            elif name == "final_evaluation":
+                data, c = p["args"][1], p["args"][2]
+                epochs = {"bitfit": None, "full": None}
+                for label, stud in (("bitfit", summary["study_name"]),
+                                    ("full", summary.get("baseline", {}).get("study_name"))):
+                    if stud:
+                        import optuna
+
+                        best = optuna.load_study(study_name=stud, storage=storage).best_trial
+                        epochs[label] = best.user_attrs.get("config", {}).get("epochs", 3)
+                train_f, dev = forward_flops(data.train, encoder), next(iter(data.evals.values()))
+                dev_f = forward_flops(dev, encoder)
+                for label, n in epochs.items():
+                    if n:
+                        flops += c.seeds * n * (PASSES[label] * train_f + dev_f)
+                        eval_flops += c.seeds * n * dev_f
+                        tokens += c.seeds * n * int(data.train.lengths.sum() + dev.lengths.sum())
+            floor = flops / rate
+            phases.append({
+                "phase": name, "wall_s": round(p["wall_s"], 1), "tokens": tokens,
+                "tflops": round(flops / 1e12, 3), "floor_s": round(floor, 1),
+                "efficiency": round(floor / p["wall_s"], 3) if p["wall_s"] else None,
+                "rest": {"cpu_use": round(p["cpu_s"] / (p["wall_s"] * (os.cpu_count() or 1)),
+                                          2) if p["wall_s"] else None,
+                         "evaluation_flops_share": round(eval_flops / flops, 3) if flops
+                         else None}})
+        total_flops = sum(p["tflops"] for p in phases) * 1e12
+        floor = total_flops / rate
+    emit({
+        "benchmark": "pipeline", "task": args.task, "fraction": f,
+        "scaled": {"bitfit_trials": n_trials or space.n_trials, "seeds": seeds,
+                   "train_rows": rows or "all"} if scaled else "the default pipeline",
+        "precision": precision, "matmul_tflops_per_s": round(rate / 1e12, 3),
+        "phases": phases,
+        "startup_s": round(timed.phases[0]["wall_s"] if timed.phases else 0.0, 1),
+        "import_s": round(start - START, 1),
+        "wall_s": round(wall, 1), "tflops": round(total_flops / 1e12, 3),
+        "floor_s": round(floor, 1), "efficiency": round(floor / wall, 3),
+        "target": {"efficiency": ">= 0.5"},
+        "best": {"bitfit": summary.get("best_value"),
+                 "full": summary.get("baseline", {}).get("best_value")},
+        **run.info()})
+
+
+if __name__ == "__main__":
+    main()
