@@ -25,8 +25,10 @@ def test_the_champion_loads_by_name_and_predicts_as_predictor(base, sst2_small, 
 
     assert (int(first.version), int(second.version)) == (1, 2)
     assert int(client.get_model_version_by_alias("bitfit-sst2", ALIAS).version) == 2
-    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
-    mlflow.set_registry_uri(uri)
+    # the environment, restored after the test (mlflow.set_registry_uri would leak into the
+    # environment of every later process)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     model = mlflow.pyfunc.load_model(f"models:/bitfit-sst2@{ALIAS}")
     texts = ["a wonderful, moving film", "dull and lifeless", "it was fine, I guess"]
 
