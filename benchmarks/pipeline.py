@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
 from _common import DATA_DIR, Run, emit, log
 
@@ -94,8 +95,6 @@ def study_flops(storage: str, name: str, data: TaskData, config: Any) -> tuple[f
                                                                               int, int]:
     """(training FLOPs, evaluation FLOPs, training tokens, evaluation tokens) of a study: each
     trial's epochs on its training split and its evaluations on the selection split."""
-    import optuna
-
     study = optuna.load_study(study_name=name, storage=storage)
     train_f = forward_flops(data.train, config)
     eval_split = data.evals[data.selection_split]
@@ -158,8 +157,6 @@ def main() -> None:
                 for label, stud in (("bitfit", summary["study_name"]),
                                     ("full", summary.get("baseline", {}).get("study_name"))):
                     if stud:
-                        import optuna
-
                         best = optuna.load_study(study_name=stud, storage=storage).best_trial
                         epochs[label] = best.user_attrs.get("config", {}).get("epochs", 3)
                 train_f, dev = forward_flops(data.train, encoder), next(iter(data.evals.values()))

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 import yaml
 from _common import CACHE_DIR, DATA_DIR, Run, emit, log
@@ -109,7 +110,7 @@ def trainer_search(data: TaskData, trials: int, epochs: int, home: Path) -> dict
         hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", LOW, HIGH,
                                                                      log=True)},
         compute_objective=lambda m: m["eval_mcc"],
-        sampler=__import__("optuna").samplers.TPESampler(seed=0))
+        sampler=optuna.samplers.TPESampler(seed=0))
     wall = time.perf_counter() - start
     return {"seconds_per_trial": round(wall / trials, 2), "trials": trials,
             "best_dev_mcc": round(best.objective, 4),

@@ -26,7 +26,8 @@ from bitfit.train import PRECISIONS
 __all__ = ["HOME_ENV", "home_dir", "main"]
 
 def _parser() -> argparse.ArgumentParser:
-    from bitfit.commands import evaluate_arguments, prepare_arguments, search_arguments
+    from bitfit.commands import (evaluate_arguments, own_data_arguments, prepare_arguments,
+                                 search_arguments)
 
     parser = argparse.ArgumentParser(prog="bitfit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,18 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", "--max-seq-length", type=int, default=128)
     p.add_argument("--data-dir", default=None, help="folder in the official GLUE layout "
                    "(default: $BITFIT_GLUE_DIR, else the Hub's nyu-mll/glue)")
-    p.add_argument("--train-file", default=None, help="custom task: training file "
-                   "(.csv, .tsv, .json, .jsonl, .parquet)")
-    p.add_argument("--dev-file", "--validation-file", default=None,
-                   help="custom task: evaluation file")
-    p.add_argument("--text-columns", default="sentence",
-                   help="custom task: one or two comma-separated text columns")
-    p.add_argument("--label-column", default="label", help="custom task: label column")
-    p.add_argument("--regression", action="store_true", help="custom task: a float target")
-    p.add_argument("--columns", default=None, help="custom task: comma-separated column names "
-                   "of CSV/TSV files without a header row, e.g. sentence,label")
-    p.add_argument("--test-file", default=None, help="custom task: a labelled test file, "
-                   "scored after training (never selected on)")
+    own_data_arguments(p, test_help="a labelled test file, scored after training (never "
+                       "selected on)")
     p.add_argument("--model", "--model-name-or-path", default=None,
                    help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", default="auto", choices=POOLINGS)
@@ -127,7 +118,8 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
     from bitfit.artifacts import save_artifact, unique_folder
     from bitfit.data import prepare
     from bitfit.models import load_base
-    from bitfit.pipeline import OwnData, resolve_task
+    from bitfit.commands import own_data
+    from bitfit.pipeline import resolve_task
     from bitfit.train import TrainConfig, train
 
     hf_logging.set_verbosity_error()
@@ -138,8 +130,7 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
         weight_decay=args.weight_decay, eval_every=args.eval_every, precision=args.precision,
         dropout=args.dropout,
     )
-    own = OwnData(args.train_file, args.dev_file, args.text_columns, args.label_column,
-                  args.regression, args.columns, args.test_file)
+    own = own_data(args)
     task = resolve_task(args.task, own)
     home = home_dir(args.home)
     base = load_base(args.model, pooling=args.pooling)

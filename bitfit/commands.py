@@ -7,9 +7,10 @@ into the ``bitfit.pipeline.Config`` they ask for.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from bitfit.models import POOLINGS
-from bitfit.pipeline import EXTRA_METHODS, Config
+from bitfit.pipeline import EXTRA_METHODS, Config, OwnData
 from bitfit.settings import home_dir
 
 
@@ -29,18 +30,28 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "$BITFIT_HOME, else ./runs)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (with "
                         "--workers K on n GPUs, worker i takes GPU i mod n)")
+    own_data_arguments(parser, test_help="a labelled test file: the final evaluation scores "
+                       "every seed on it too; no study ever sees it")
+
+
+def own_data_arguments(parser: argparse.ArgumentParser, *, test_help: str) -> None:
+    """The flags of a user's own files (``bitfit train`` and the pipeline's commands)."""
     own = parser.add_argument_group("your own data (a custom task named by --task)")
     own.add_argument("--train-file", default=None, help="training file (.csv, .tsv or "
                      "tab-separated .txt, .json, .jsonl, .parquet)")
     own.add_argument("--dev-file", "--validation-file", default=None, help="evaluation file")
-    own.add_argument("--test-file", default=None, help="a labelled test file: the final "
-                     "evaluation scores every seed on it too; no study ever sees it")
+    own.add_argument("--test-file", default=None, help=test_help)
     own.add_argument("--text-columns", default="sentence", help="one or two comma-separated "
                      "text columns")
     own.add_argument("--label-column", default="label", help="the label column")
     own.add_argument("--regression", action="store_true", help="a float target")
     own.add_argument("--columns", default=None, help="comma-separated column names of CSV/TSV "
                      "files without a header row, e.g. sentence,label")
+
+
+def own_data(args: argparse.Namespace) -> OwnData:
+    """The own-data flags as the pipeline's ``OwnData``."""
+    return OwnData(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OwnData)})
 
 
 def config(args: argparse.Namespace) -> Config:
