@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,20 @@ def context_tags() -> dict[str, str]:
     return tags
 
 
+def _shared(write: Callable[..., Any], *args: Any, attempts: int = 4, **kwargs: Any) -> Any:
+    """``write(*args, **kwargs)`` to a run that other workers write to as well, tried again
+    when the store refuses it: two first inserts of one row (a tag, a latest metric, a dataset)
+    at the same moment collide, and the second attempt finds the row and updates it."""
+    for attempt in range(attempts):
+        try:
+            return write(*args, **kwargs)
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return None
+
+
 class Tracker:
     """Writes a study's runs to one MLflow tracking store."""
 
@@ -122,16 +137,9 @@ class Tracker:
                         source_type="hub" if data.source == "nyu-mll/glue" else "local",
                         source=source, profile=json.dumps({"num_rows": len(encoded)})),
                 tags=[InputTag("mlflow.data.context", role)]))
-        for attempt in range(3):
-            try:
-                self.client.log_inputs(run_id, datasets=inputs)
-                return
-            except MlflowException:
-                # Workers sharing a study log the same dataset at once, and the store refuses
-                # the second insert of it; the dataset then exists, and a retry links it.
-                if attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        # Workers sharing a study log the same dataset at once, and the store refuses the
+        # second insert of it; the dataset then exists, and a retry links it.
+        _shared(self.client.log_inputs, run_id, datasets=inputs)
 
     def experiment(self, name: str) -> str:
         """The id of the named experiment, created (artifacts under the run home) if new; the
@@ -239,12 +247,14 @@ class Tracker:
         """Best value and parameters, Optuna's plots and the trials table on the parent run."""
         import optuna
 
+        # Every worker of a shared study ends its parent run, often at the same moment: the
+        # store then refuses the second insert of a tag or metric row, and a retry updates it.
         complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
         note = (f"**Study `{study.study_name}`**: {len(study.trials)} trials, none complete "
                 "yet.")
         if complete:
             best = study.best_trial
-            self.client.log_batch(parent_id,
+            _shared(self.client.log_batch, parent_id,
                                   metrics=[Metric("best_value", best.value, _now_ms(), 0)],
                                   tags=[RunTag("best_trial", str(best.number))] +
                                   [RunTag(f"best.{k}", _short(v)) for k, v in
@@ -253,18 +263,18 @@ class Tracker:
             note = (f"**Study `{study.study_name}`**: best value **{best.value:.4f}** "
                     f"(trial {best.number}: {params}) of {len(study.trials)} trials; the "
                     "trials are the child runs, `trials.csv` lists them all.")
-        self.client.set_tag(parent_id, NOTE_TAG, note)
+        _shared(self.client.set_tag, parent_id, NOTE_TAG, note)
         with tempfile.TemporaryDirectory() as tmp:
             table = study.trials_dataframe()
             table.to_parquet(Path(tmp) / "trials.parquet")
             table.to_csv(Path(tmp) / "trials.csv", index=False)
-            self.client.log_artifacts(parent_id, tmp)
+            _shared(self.client.log_artifacts, parent_id, tmp)
         import matplotlib.pyplot as plt
 
         for name, figure in _plots(study):
-            self.client.log_figure(parent_id, figure, f"plots/{name}.png")
+            _shared(self.client.log_figure, parent_id, figure, f"plots/{name}.png")
             plt.close(figure)
-        self.client.set_terminated(parent_id, status="FINISHED")
+        _shared(self.client.set_terminated, parent_id, status="FINISHED")
 
     def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
         """A parent run for a final evaluation."""

@@ -141,7 +141,8 @@ def test_two_processes_on_one_new_home_share_a_study_without_repeating_draws(glu
                     "--study-name", "shared") for _ in range(2)]
     results = [r.communicate(timeout=600) for r in runs]
 
-    assert [r.returncode for r in runs] == [0, 0], [err[-6000:] for _, err in results]
+    assert [r.returncode for r in runs] == [0, 0], \
+        "\n-----\n".join(err[-6000:] for _, err in results)
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/optuna.db")
     ran = [t for t in study.trials if t.state in FINISHED]
     assert len(ran) == 4, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
@@ -156,7 +157,8 @@ def test_two_processes_on_one_new_home_with_different_studies_both_finish(glue_d
                     "--study-name", name) for name in ("a", "b")]
     results = [r.communicate(timeout=600) for r in runs]
 
-    assert [r.returncode for r in runs] == [0, 0], [err[-3000:] for _, err in results]
+    assert [r.returncode for r in runs] == [0, 0], \
+        "\n-----\n".join(err[-3000:] for _, err in results)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parents = client.search_runs([client.get_experiment_by_name("cola").experiment_id],
                                  filter_string="tags.`bitfit.kind` = 'search'")

@@ -39,7 +39,8 @@ def test_two_workers_share_one_postgres_study_without_losing_or_repeating_trials
                        "shared") for i in range(2) if (tmp_path / str(i)).mkdir() is None]
     results = [w.communicate(timeout=600) for w in workers]
 
-    assert all(w.returncode == 0 for w in workers), [err[-6000:] for _, err in results]
+    assert all(w.returncode == 0 for w in workers), \
+        "\n-----\n".join(err[-6000:] for _, err in results)
     study = optuna.load_study(study_name="shared", storage=stack.optuna_storage)
     # the quick space prunes (median), so a trial may finish PRUNED: finished either way
     ran = [t.number for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,

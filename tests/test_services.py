@@ -50,3 +50,31 @@ def test_a_storage_that_sqlalchemy_cannot_open_is_named_with_the_fix():
         check_storage("postgres://bob@db/o")
     with pytest.raises(ServiceError, match="not a database URL"):
         check_storage("nonsense")
+
+
+def test_a_write_that_collides_with_another_workers_is_tried_again_and_a_lasting_error_raised():
+    # Two workers ending one shared study run insert the same tag row at once; the store
+    # refuses the second (measured on PostgreSQL: BAD_REQUEST, duplicate key "tag_pk").
+    from mlflow.exceptions import MlflowException
+
+    from bitfit.tracking import _shared
+
+    calls = []
+
+    def collides_once(run_id, key, value):
+        calls.append((run_id, key, value))
+        if len(calls) == 1:
+            raise MlflowException('duplicate key value violates unique constraint "tag_pk"')
+        return "written"
+
+    assert _shared(collides_once, "run", "note", "text") == "written"
+    assert calls == [("run", "note", "text")] * 2
+
+    def always_fails(run_id):
+        calls.append(run_id)
+        raise MlflowException("the run is gone")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="the run is gone"):
+        _shared(always_fails, "run", attempts=2)
+    assert calls == ["run", "run"]
