@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from bitfit.biases import family_of
+from bitfit.dropout import Dropout
+from bitfit.dropout import install as install_dropout
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -71,7 +73,7 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         hidden = encoder.config.hidden_size
         self.head = nn.Linear(hidden, num_labels)
         generator = torch.Generator().manual_seed(seed)
@@ -217,4 +219,5 @@ def load_base(model: str | None = None, *, pooling: str = "auto") -> BaseModel:
     if chosen != "pooler" and has_pooler:
         encoder.pooler = None  # unused: no compute, and its bias is not counted as trainable
     encoder.requires_grad_(False)
+    install_dropout(encoder)  # the checkpoint's dropout, its masks drawn cheaply on a CPU
     return BaseModel(model_id, path, encoder, tokenizer, family, chosen, digest)

@@ -24,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from bitfit import dropout
 from bitfit.biases import METHODS, RandomMask, parse_subset, random_mask, select_biases
 from bitfit.data import Encoded, TaskData, collate, eval_batches, train_batches
 from bitfit.metrics import compute_metrics, predictions_from_logits
@@ -343,7 +344,8 @@ def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device:
     """The classifier on ``device`` with the method's tensors trainable; those tensors by name in
     the classifier (``encoder.…``, ``head.…``), and rand's masks on ``device`` (else empty)."""
     names, mask = trainable_tensors(base, config)
-    torch.manual_seed(config.seed)  # dropout draws from the global generator
+    torch.manual_seed(config.seed)  # PyTorch's dropout (off the CPU) draws from it
+    dropout.seed(config.seed)  # the CPU's dropout masks (bitfit.dropout)
     model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
     base.remember(names)
     model.to(device)
