@@ -97,6 +97,10 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: this machine's cores shared among the workers)")
     parser.add_argument("--eval-processes", type=int, default=None, help="final runs trained "
                         "at once (default: one per core on a CPU, up to 4; 1: one after another)")
+    parser.add_argument("--trial-processes", type=int, default=None, help="trials run side by "
+                        "side in local processes sharing the study (default: one per core on a "
+                        "CPU, up to 4, once trials x training rows >= 4,000; 1: one after "
+                        "another in this process)")
 
 
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -222,14 +222,33 @@ def _train_all(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfi
         for label, config in jobs:
             yield _train_seed(base, data, label, config, folder, device)
         return
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    yield from in_processes(base, data, processes, [
+        (_worker_job, (label, config, folder, device)) for label, config in jobs])
+
+
+def in_processes(base: BaseModel, data: TaskData, processes: int,
+                 calls: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+                 meanwhile: Callable[[], Any] | None = None) -> Iterator[Any]:
+    """Each ``function(*args)`` of ``calls`` run in one of ``processes`` spawned processes, which
+    have ``base`` loaded and ``data`` (``worker_state()`` gives them); the results in the calls'
+    order. ``meanwhile()`` runs here while they run, as one more process: the cores are shared
+    among all of them (threads each: cores / processes, this one's restored after). When one
+    fails or this process is interrupted, the others are stopped at once."""
+    share = processes + (meanwhile is not None)
+    threads = max(1, (os.cpu_count() or 1) // share)
     context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
                              initargs=(base.model_id, base.pooling, base.weights_hash, data,
                                        threads)) as pool:
-        futures = [pool.submit(_worker_job, label, config, folder, device)
-                   for label, config in jobs]
+        futures = [pool.submit(function, *args) for function, args in calls]
         try:
+            if meanwhile is not None:
+                mine = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    meanwhile()
+                finally:
+                    torch.set_num_threads(mine)
             for future in futures:
                 yield future.result()
         except BaseException:
@@ -259,6 +278,11 @@ def _start_worker(model_id: str, pooling: str, weights_hash: str, data: TaskData
         raise RuntimeError(f"model {model_id!r} loaded in a worker process has other weights "
                            "than the parent's: run with processes=1")
     _WORKER.update(base=base, data=data)
+
+
+def worker_state() -> tuple[BaseModel, TaskData]:
+    """In a process of ``in_processes``: its loaded base model and its data."""
+    return _WORKER["base"], _WORKER["data"]
 
 
 def _worker_job(label: str, config: TrainConfig, folder: Path, device: str

@@ -34,6 +34,7 @@ Pooling = Literal["auto", "pooler", "cls", "mean"]
 ExtraMethod = Literal["frozen", "rand"]
 EXTRA_METHODS = ("frozen", "rand")
 HELDOUT_FRACTION = 0.1  # the validation split a study selects on, carved from train
+SIDE_BY_SIDE_MIN_WORK = 4_000  # trials x training rows from which trials run side by side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Config:
     seeds: int = 5
     extra_methods: tuple[ExtraMethod, ...] = ()
     eval_processes: int | None = None
+    trial_processes: int | None = None  # default: trial_processes()
     # the stores
     storage: str | None = None  # default: $BITFIT_OPTUNA_STORAGE, else the home's SQLite
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else the home's SQLite
@@ -265,7 +267,8 @@ def check_search(config: Config) -> Config:
 
     c = config.resolved()
     positive(n_trials=c.n_trials, workers=c.workers, threads=c.threads,
-             eval_processes=c.eval_processes, max_train_samples=c.max_train_samples)
+             eval_processes=c.eval_processes, trial_processes=c.trial_processes,
+             max_train_samples=c.max_train_samples)
     if c.max_length is not None:
         at_least(8, max_length=c.max_length)
     seeds = c.seeds
@@ -345,20 +348,72 @@ def study_data(base: BaseModel, config: Config, space) -> TaskData:
 
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
                  storage: str, tracking_uri: str, study_name: str, home: str,
-                 run_params: dict[str, Any], device: str = "auto",
+                 run_params: dict[str, Any], device: str = "auto", processes: int = 1,
                  report: Report = STDERR) -> dict[str, Any]:
-    """Run (or resume) a study, every trial recorded in MLflow; its summary."""
+    """Run (or resume) a study, every trial recorded in MLflow; its summary.
+
+    ``processes`` > 1 runs its trials side by side in that many local processes sharing the
+    cores and the study (each its own trial, the storage deciding which trials remain); their
+    trial lines go to stderr."""
     from bitfit.space import load_space
     from bitfit.study import run_study
     from bitfit.tracking import Tracker
 
-    outcome = run_study(base, data, load_space(space), storage=storage, study_name=study_name,
-                        home=home, n_trials=n_trials, tracker=Tracker(tracking_uri, home=home),
-                        run_params=run_params, device=device, log=report.line,
-                        progress=lambda done, total: report.progress(
-                            f"study {study_name}", done, total))
+    def here() -> Any:
+        return run_study(base, data, load_space(space), storage=storage,
+                         study_name=study_name, home=home, n_trials=n_trials,
+                         tracker=Tracker(tracking_uri, home=home), run_params=run_params,
+                         device=device, log=report.line,
+                         progress=lambda done, total: report.progress(
+                             f"study {study_name}", done, total))
+
+    if processes > 1:
+        from bitfit.compare import in_processes
+
+        study = {"space": space, "storage": storage, "study_name": study_name, "home": home,
+                 "n_trials": n_trials, "tracking_uri": tracking_uri, "run_params": run_params,
+                 "device": device}
+        before = trial_count(storage, study_name)
+        report.line(f"study {study_name}: trials side by side in {processes} processes")
+        others = [(_study_in_process, (study,))] * (processes - 1)
+        for _ in in_processes(base, data, processes - 1, others, meanwhile=here):
+            pass
+        return read_study_summary(data, storage=storage, tracking_uri=tracking_uri,
+                                  study_name=study_name, home=home, before=before)
+    outcome = here()
     return study_summary(outcome.study, outcome.experiment_id, outcome.ran, data,
                          storage=storage, tracking_uri=tracking_uri, home=home)
+
+
+def _study_in_process(study: dict[str, Any]) -> None:
+    """In a process of ``search_study``: trials of the shared study until its budget is spent."""
+    import optuna
+
+    from bitfit.compare import worker_state
+    from bitfit.space import load_space
+    from bitfit.study import run_study
+    from bitfit.tracking import Tracker
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our trial lines say it all
+    base, data = worker_state()
+    run_study(base, data, load_space(study["space"]), storage=study["storage"],
+              study_name=study["study_name"], home=study["home"], n_trials=study["n_trials"],
+              tracker=Tracker(study["tracking_uri"], home=study["home"]),
+              run_params=study["run_params"], device=study["device"], log=STDERR.line)
+
+
+def trial_processes(config: Config, data: TaskData, budget: int) -> int:
+    """How many processes run a study's trials side by side: ``config.trial_processes``, or by
+    default one per core on a CPU (at most 4 and at most the budget) once the study is worth
+    a process start (a few seconds each): ``budget`` x training rows >= 4,000, as in the quick
+    preset."""
+    from bitfit.compare import default_processes
+
+    if config.trial_processes is not None:
+        return config.trial_processes
+    if budget * len(data.train) < SIDE_BY_SIDE_MIN_WORK:
+        return 1
+    return default_processes(config.device, budget)
 
 
 def trial_count(storage: str, study_name: str) -> int:
@@ -609,11 +664,12 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
                 quick=False, threads=c.threads or max(1, (os.cpu_count() or 1) // c.workers)),
                 data)
         assert c.storage is not None and c.tracking_uri is not None and c.home is not None
+        processes = trial_processes(c, data, trials or load_space(space).n_trials)
         return phase(search_study, base, data, space=space, n_trials=trials, storage=c.storage,
                      tracking_uri=c.tracking_uri, study_name=study, home=c.home,
                      run_params={**run_params, "max_train_samples": samples,
                                  "train_examples": len(data.train)}, device=c.device,
-                     report=report)
+                     processes=processes, report=report)
 
     summary = stage(data, c.space, c.n_trials, name, samples)
     full_study = c.baseline_study if c.baseline else None

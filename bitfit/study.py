@@ -280,7 +280,9 @@ def run_study(
                              home=home, device=device)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(_counted(study))
+        # finished ones: with workers side by side, others' running trials are counted too
+        done = len(_counted(study)) - len(study.get_trials(deepcopy=False,
+                                                           states=[TrialState.RUNNING]))
         value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
         reason = (f" ({trial.user_attrs['fail_reason']})"
                   if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs else "")

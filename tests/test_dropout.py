@@ -72,3 +72,12 @@ def test_attention_while_training_drops_probabilities_of_the_masked_softmax():
     # no dropout: transformers' SDPA path, the same products
     plain, _ = dropout.attention(module, q, k, v, mask, dropout=0.0, scaling=0.5)
     assert torch.allclose(plain, (torch.softmax(scores, -1) @ v).transpose(1, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5 / 256, 0.5, 0.9])
+def test_the_drop_rate_is_p_also_where_the_byte_alone_cannot_say(p):
+    # 0.3 * 256 = 76.8 and 0.5 / 256: the byte equal to floor(256 p) defers to 32 more bits
+    dropout.seed(1)
+    n = 2_000_000
+    dropped = 1.0 - dropout.keep(n, p).mean()
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / n), (p, dropped)

@@ -143,3 +143,32 @@ def test_bitfit_train_reads_headerless_files_and_scores_a_test_file(glue_dir, tm
 
     assert code == 0 and summary["selection_split"] == "validation"
     assert set(summary["best_metrics"]) == {"validation", "test"}
+
+
+def test_trials_side_by_side_in_local_processes_share_one_study_on_one_home(
+        glue_dir, tmp_path, capfd, monkeypatch):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from bitfit import pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BITFIT_OPTUNA_STORAGE", raising=False)
+    config = Config(task="cola", data_dir=str(glue_dir), space="quick", n_trials=4,
+                    max_train_samples=200, baseline=False, seeds=0, trial_processes=2,
+                    home=str(tmp_path))
+    summary = pipeline.run(config)
+
+    study = optuna.load_study(study_name=summary["study_name"], storage=summary["storage"])
+    finished = [t for t in study.trials if t.state.is_finished()
+                and "over the study's budget" not in t.user_attrs.get("fail_reason", "")]
+    assert sorted(t.number for t in finished) == [0, 1, 2, 3]
+    assert len({t.user_attrs["owner"] for t in finished}) == 2  # both processes ran trials
+    assert len({tuple(t.params.items()) for t in finished}) == 4
+    assert summary["trials_run"] == len(study.trials) and summary["best_value"] is not None
+    children = MlflowClient(summary["tracking_uri"]).search_runs(
+        [summary["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
+    err = capfd.readouterr().err
+    assert "trials side by side in 2 processes" in err and "trial 4 of 4" in err
