@@ -182,9 +182,13 @@ class SearchSpace:
 
     def make_sampler(self, *, resumed_trials: int = 0) -> optuna.samplers.BaseSampler:
         """The sampler, its seed moved on by ``resumed_trials`` (the study makes one per trial,
-        moved on by the trial's number), so that no two trials draw alike."""
+        moved on by the trial's number), so that no two trials draw alike.
+
+        A grid keeps its seed: it shuffles its points with it and gives trial n the n-th
+        point, so a seed moved on per trial would give trials the same point twice and leave
+        others out."""
         options = {k: v for k, v in self.sampler.items() if k != "name"}
-        if options.get("seed") is not None:
+        if options.get("seed") is not None and self.sampler["name"] != "grid":
             options["seed"] += resumed_trials
         if self.sampler["name"] == "grid":
             grid = {k: list(d.choices) for k, d in self.distributions.items()

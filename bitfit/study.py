@@ -385,8 +385,10 @@ class _TrialRunner:
             trial.report(evaluation.metrics[selection][self.metric], step=seen)
             return trial.should_prune()
 
+        # no training-sample score: a trial is judged on its selection split, and the final
+        # runs score the training split for the generalisation gap
         result = train(self.base, self.data, config, callback=on_evaluation,
-                       device=self.device, progress=False)
+                       device=self.device, progress=False, score_train=False)
         if result.status == "diverged":
             raise TrialFailed(result.message)
         state = "PRUNED" if result.status == "stopped" else "COMPLETE"

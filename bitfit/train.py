@@ -280,6 +280,7 @@ def train(
     callback: Callback | None = None,
     device: str = "auto",
     progress: bool = True,
+    score_train: bool = True,
 ) -> TrainResult:
     """Train one configuration on the loaded base model and evaluate it.
 
@@ -293,6 +294,8 @@ def train(
         callback: called after each evaluation; returning True stops the run (status "stopped").
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         progress: show a progress bar.
+        score_train: score the best state on a sample of the training split
+            (``train_metrics``, for the generalisation gap); a study's trials skip it.
 
     Returns:
         The run's ``TrainResult``; ``result.extra["model"]`` is the trained classifier.
@@ -321,7 +324,7 @@ def train(
             trained[n].copy_(tensor)
     tick = time.perf_counter()
     train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
-                                   precision=precision) if state.best else {}
+                                   precision=precision) if state.best and score_train else {}
     state.eval_time += time.perf_counter() - tick
     for p in model.parameters():
         p.requires_grad_(False)
