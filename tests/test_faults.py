@@ -86,7 +86,9 @@ def _wait_for_running_trial(home: Path, process: subprocess.Popen, timeout: floa
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_it(
         sig, glue_dir, tmp_path):
-    args = ("--n-trials", "2", "--max-train-samples", "500", "--study-name", "cut")
+    # trials of a few seconds, so that the signal lands inside one (on 500 rows they ran
+    # under 2 s here and a SIGKILL could fall between two trials)
+    args = ("--n-trials", "2", "--max-train-samples", "1000", "--study-name", "cut")
     first = _search(glue_dir, tmp_path, *args)
     _wait_for_running_trial(tmp_path, first)
     helpers = _descendants(first.pid)
