@@ -287,8 +287,7 @@ def worker_state() -> tuple[BaseModel, TaskData]:
 
 def _worker_job(label: str, config: TrainConfig, folder: Path, device: str
                 ) -> tuple[TrainResult, SeedRun]:
-    result, seed_run = _train_seed(_WORKER["base"], _WORKER["data"], label, config, folder,
-                                   device)
+    result, seed_run = _train_seed(*worker_state(), label, config, folder, device)
     # the model and the trained tensors stay here: the artifact is already on disk
     return dataclasses.replace(result, extra={}, trained={}, rand_masks={}), seed_run
 

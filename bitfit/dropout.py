@@ -1,11 +1,11 @@
 """Dropout whose masks are cheap on a CPU: the same Bernoulli masks, drawn faster.
 
-On a CPU, ``torch``'s dropout draws its mask with ``bernoulli_``, one number at a time: about 7 ms
-for one hidden-state tensor of a 32 x 64-token batch, a sixth of a whole BitFit training step of
-the bundled MiniLM (``benchmarks/step_time.py``). Here a mask comes from NumPy's PCG64 bit
-generator instead, about one random byte per element (``keep``: the drop probability is ``p`` to
-within 2**-40), and the kept elements are scaled by ``1 / (1 - p)`` as ``torch`` does: the same
-distribution, about 5 times cheaper. The model keeps its checkpoint's
+On a CPU, ``torch``'s dropout draws its mask with ``bernoulli_``, one number at a time, and that
+was the largest cost of a BitFit training step after the matrix products. Here a mask comes from
+NumPy's PCG64 bit generator instead, about one random byte per element (``keep``: the drop
+probability is ``p`` to within 2**-40), and the kept elements are scaled by ``1 / (1 - p)`` as
+``torch`` does: the same distribution. ``benchmarks/step_time.py`` shows what is left of its
+cost (``bitfit_all`` against ``bitfit_no_dropout``). The model keeps its checkpoint's
 dropout probabilities; only where the random bits come from changes.
 
 ``install(encoder)`` makes every ``nn.Dropout`` of a loaded encoder draw this way, and its
@@ -71,6 +71,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     """transformers' SDPA attention, except while training with dropout on a CPU, where SDPA
     takes its unfused path anyway: the same products, the probabilities dropped with the masks
     above. Causal, grouped-query or position-biased attention stays with SDPA."""
+    # imported here: bitfit.models imports this module, and transformers only when it loads
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plain = (not getattr(module, "is_causal", False)

@@ -355,24 +355,18 @@ def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int |
     ``processes`` > 1 runs its trials side by side in that many local processes sharing the
     cores and the study (each its own trial, the storage deciding which trials remain); their
     trial lines go to stderr."""
-    from bitfit.space import load_space
-    from bitfit.study import run_study
-    from bitfit.tracking import Tracker
+    study = {"space": space, "storage": storage, "study_name": study_name, "home": home,
+             "n_trials": n_trials, "tracking_uri": tracking_uri, "run_params": run_params,
+             "device": device}
 
     def here() -> Any:
-        return run_study(base, data, load_space(space), storage=storage,
-                         study_name=study_name, home=home, n_trials=n_trials,
-                         tracker=Tracker(tracking_uri, home=home), run_params=run_params,
-                         device=device, log=report.line,
-                         progress=lambda done, total: report.progress(
-                             f"study {study_name}", done, total))
+        return _study_loop(base, data, study, log=report.line,
+                           progress=lambda done, total: report.progress(
+                               f"study {study_name}", done, total))
 
     if processes > 1:
         from bitfit.compare import in_processes
 
-        study = {"space": space, "storage": storage, "study_name": study_name, "home": home,
-                 "n_trials": n_trials, "tracking_uri": tracking_uri, "run_params": run_params,
-                 "device": device}
         before = trial_count(storage, study_name)
         report.line(f"study {study_name}: trials side by side in {processes} processes")
         others = [(_study_in_process, (study,))] * (processes - 1)
@@ -385,21 +379,30 @@ def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int |
                          storage=storage, tracking_uri=tracking_uri, home=home)
 
 
+def _study_loop(base: BaseModel, data: TaskData, study: dict[str, Any], *,
+                log: Callable[[str], None],
+                progress: Callable[[int, int], None] | None = None) -> Any:
+    """``run_study`` on the study ``search_study`` describes (its keyword arguments)."""
+    from bitfit.space import load_space
+    from bitfit.study import run_study
+    from bitfit.tracking import Tracker
+
+    return run_study(base, data, load_space(study["space"]), storage=study["storage"],
+                     study_name=study["study_name"], home=study["home"],
+                     n_trials=study["n_trials"],
+                     tracker=Tracker(study["tracking_uri"], home=study["home"]),
+                     run_params=study["run_params"], device=study["device"], log=log,
+                     progress=progress)
+
+
 def _study_in_process(study: dict[str, Any]) -> None:
     """In a process of ``search_study``: trials of the shared study until its budget is spent."""
     import optuna
 
     from bitfit.compare import worker_state
-    from bitfit.space import load_space
-    from bitfit.study import run_study
-    from bitfit.tracking import Tracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our trial lines say it all
-    base, data = worker_state()
-    run_study(base, data, load_space(study["space"]), storage=study["storage"],
-              study_name=study["study_name"], home=study["home"], n_trials=study["n_trials"],
-              tracker=Tracker(study["tracking_uri"], home=study["home"]),
-              run_params=study["run_params"], device=study["device"], log=STDERR.line)
+    _study_loop(*worker_state(), study, log=STDERR.line)
 
 
 def trial_processes(config: Config, data: TaskData, budget: int) -> int:
