@@ -263,8 +263,10 @@ def check_search(config: Config) -> Config:
     counts, the task, the spaces and their objective, the device, the home, and the stores
     (each must answer within seconds). Returns the config resolved (``Config.resolved``) with
     the storage URL and tracking URI to use, without secrets."""
+    from bitfit.compare import check_not_starting
     from bitfit.space import check_metric, load_space
 
+    check_not_starting()
     c = config.resolved()
     positive(n_trials=c.n_trials, workers=c.workers, threads=c.threads,
              eval_processes=c.eval_processes, trial_processes=c.trial_processes,
@@ -306,6 +308,9 @@ def check_search(config: Config) -> Config:
 def check_evaluation(config: Config) -> Config:
     """The checks of a final evaluation that need no model or data; the config resolved, with
     the storage URL and tracking URI to use, without secrets."""
+    from bitfit.compare import check_not_starting
+
+    check_not_starting()
     c = config.resolved()
     positive(seeds=c.seeds, eval_processes=c.eval_processes,
              max_train_samples=c.max_train_samples)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,6 +144,30 @@ def test_bitfit_train_reads_headerless_files_and_scores_a_test_file(glue_dir, tm
 
     assert code == 0 and summary["selection_split"] == "validation"
     assert set(summary["best_metrics"]) == {"validation", "test"}
+
+
+def test_a_script_without_a_main_guard_fails_in_one_sentence_instead_of_hanging(glue_dir,
+                                                                                 tmp_path):
+    """Each process for trials side by side imports the calling script again: without a
+    ``__main__`` guard that process starts the pipeline once more and dies while starting. This
+    process then says so instead of waiting on it for ever, and no trial ran."""
+    import optuna
+
+    script = tmp_path / "search.py"
+    script.write_text(
+        "from bitfit import pipeline\n"
+        f"pipeline.run(pipeline.Config(task='cola', data_dir={str(glue_dir)!r}, space='quick', "
+        f"n_trials=2, max_train_samples=64, baseline=False, seeds=0, trial_processes=2, "
+        f"home={str(tmp_path / 'home')!r}))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path)
+
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: a process for running side by side stopped while "
+                           "starting") and 'if __name__ == "__main__":' in last
+    storage = f"sqlite:///{tmp_path / 'home' / 'optuna.db'}"
+    assert all(not s.n_trials for s in optuna.get_all_study_summaries(storage))
 
 
 def test_trials_side_by_side_in_local_processes_share_one_study_on_one_home(
