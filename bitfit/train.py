@@ -9,16 +9,18 @@ one's own (``benchmarks/step_time.py`` times the step).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
@@ -42,7 +44,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     epochs: int = 3
     batch_size: int = 32
-    eval_batch_size: int = 128
+    eval_batch_size: int = 64  # on a CPU 64 scores CoLA dev about 10% faster than 128
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -311,21 +313,23 @@ def train(
     pad_id = base.tokenizer.pad_token_id or 0
     bar = tqdm(total=total_steps, disable=not progress, leave=False, mininterval=0.5,
                desc=f"{data.task.name} {config.method}")
-    try:
-        state = _train_loop(model, data, config, trained, optimizer, scheduler, callback=callback,
-                            pad_id=pad_id, device=dev, precision=precision, bar=bar)
-    finally:
-        bar.close()
-        for h in hooks:
-            h.remove()
+    with frozen_weights_in(model, torch.bfloat16 if precision == "bf16" else None):
+        try:
+            state = _train_loop(model, data, config, trained, optimizer, scheduler,
+                                callback=callback, pad_id=pad_id, device=dev,
+                                precision=precision, bar=bar)
+        finally:
+            bar.close()
+            for h in hooks:
+                h.remove()
 
-    with torch.no_grad():
-        for n, tensor in state.best_state.items():
-            trained[n].copy_(tensor)
-    tick = time.perf_counter()
-    train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
-                                   precision=precision) if state.best and score_train else {}
-    state.eval_time += time.perf_counter() - tick
+        with torch.no_grad():
+            for n, tensor in state.best_state.items():
+                trained[n].copy_(tensor)
+        tick = time.perf_counter()
+        train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
+                                       precision=precision) if state.best and score_train else {}
+        state.eval_time += time.perf_counter() - tick
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainResult(
@@ -340,6 +344,28 @@ def train(
         peak_memory_mb=peak_memory_mb(dev), eval_time_s=state.eval_time, message=state.message,
         extra={"model": model},
     )
+
+
+@contextlib.contextmanager
+def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """The frozen weight matrices of ``model``'s linear layers held in ``dtype`` meanwhile (None:
+    as they are), their own tensors put back after. Under bf16 autocast a linear layer casts its
+    weight on every call, except a weight that trains (autocast keeps that one cast per step);
+    BitFit's frozen matrices, cast once, are the very values those casts give, without the
+    copies: about 4% of a BitFit step on a CPU."""
+    if dtype is None:
+        yield
+        return
+    kept = [(m.weight, m.weight.data) for m in model.modules()
+            if isinstance(m, nn.Linear) and not m.weight.requires_grad
+            and m.weight.dtype != dtype]
+    for weight, value in kept:
+        weight.data = value.to(dtype)
+    try:
+        yield
+    finally:
+        for weight, value in kept:
+            weight.data = value
 
 
 def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device: torch.device

@@ -163,3 +163,27 @@ def test_explicit_precision_is_kept():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_bf16_with_the_frozen_weights_cast_once_trains_exactly_as_autocast_alone(
+        base, cola_small, monkeypatch):
+    """BitFit at bf16 holds its frozen weight matrices in bf16 for the run; autocast would cast
+    them on every call to the very same values, so nothing trained may differ by a bit, and the
+    encoder's own fp32 weights are back afterwards."""
+    import contextlib
+
+    from bitfit import train as train_module
+
+    weights = {n: p.detach().clone() for n, p in base.encoder.named_parameters()
+               if n.endswith(".weight")}
+    config = TrainConfig(epochs=1, seed=3, precision="bf16")
+    once = train(base, cola_small, config, progress=False)
+    monkeypatch.setattr(train_module, "frozen_weights_in",
+                        lambda model, dtype: contextlib.nullcontext())
+    every_call = train(base, cola_small, config, progress=False)
+
+    assert once.evaluations == every_call.evaluations
+    assert all(torch.equal(once.trained[n], every_call.trained[n]) for n in once.trained)
+    after = dict(base.encoder.named_parameters())
+    assert all(after[n].dtype == torch.float32 and torch.equal(after[n], w)
+               for n, w in weights.items())
