@@ -257,12 +257,13 @@ def in_processes(base: BaseModel, data: TaskData, processes: int,
         with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
                                  initargs=(base.model_id, base.pooling, base.weights_hash,
                                            str(data_file), threads)) as pool:
+            futures: list[Any] = []
             try:
-                pool.submit(_started).result()
-            except BrokenProcessPool:
-                raise RuntimeError(NOT_STARTED) from None
-            futures = [pool.submit(function, *args) for function, args in calls]
-            try:
+                try:
+                    pool.submit(_started).result()
+                except BrokenProcessPool:
+                    raise RuntimeError(NOT_STARTED) from None
+                futures = [pool.submit(function, *args) for function, args in calls]
                 if meanwhile is not None:
                     mine = torch.get_num_threads()
                     torch.set_num_threads(threads)
