@@ -10,9 +10,10 @@ dropout probabilities; only where the random bits come from changes.
 
 ``install(encoder)`` makes every ``nn.Dropout`` of a loaded encoder draw this way, and its
 attention (where a model takes transformers' attention interface and uses SDPA) take two batched
-matrix products on a CPU, its probabilities dropped this way during training; every other device
-keeps PyTorch's own kernels. ``seed(n)`` starts the masks' stream, as ``torch.manual_seed`` starts
-PyTorch's: a run with the same seed draws the same masks.
+matrix products on a CPU while training with dropout (its probabilities dropped this way) and in
+bf16 inference on short sequences; every other case and device keeps PyTorch's own kernels.
+``seed(n)`` starts the masks' stream, as ``torch.manual_seed`` starts PyTorch's: a run with the
+same seed draws the same masks.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 ATTENTION = "bitfit_sdpa"  # the attention implementation's name in transformers' registry
-EAGER_MAX_LENGTH = 64  # in inference, longer sequences take SDPA's fused kernel
+EAGER_MAX_LENGTH = 64  # in bf16 inference, longer sequences take SDPA's fused kernel
 _BITS = np.random.PCG64(0)
 
 
@@ -69,20 +70,20 @@ class Dropout(nn.Dropout):
 def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0,
               scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention, except on a CPU while training with dropout, or scoring
-    sequences of at most ``EAGER_MAX_LENGTH`` tokens: there two batched matrix products, the
+    """transformers' SDPA attention, except on a CPU while training with dropout, or scoring at
+    bf16 sequences of at most ``EAGER_MAX_LENGTH`` tokens: there two batched matrix products, the
     probabilities dropped (while training) with the masks above. While training with dropout
-    SDPA takes this unfused path anyway; in inference its fused kernel is the slower one on short
-    sequences (the MiniLM's forward pass on 12-64 tokens: 3-7% slower; CoLA's dev set at bf16:
-    1.26-1.32 s against 1.12-1.20 s), the faster one on 128. Causal, grouped-query or
-    position-biased attention stays with SDPA."""
+    SDPA takes this unfused path anyway; in bf16 inference its fused kernel is the slower one on
+    short sequences, the faster one on 128 tokens and at fp32 (``benchmarks/cpu_paths.py``).
+    Causal, grouped-query or position-biased attention stays with SDPA."""
     # imported here: bitfit.models imports this module, and transformers only when it loads
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plain = (not getattr(module, "is_causal", False)
              and getattr(module, "num_key_value_groups", 1) == 1
              and kwargs.get("position_bias") is None and not kwargs.get("is_causal"))
-    short = not torch.is_grad_enabled() and key.size(-2) <= EAGER_MAX_LENGTH
+    short = (not torch.is_grad_enabled() and query.dtype == torch.bfloat16
+             and key.size(-2) <= EAGER_MAX_LENGTH)
     if (dropout >= 1.0 or query.device.type != "cpu" or not plain
             or (dropout == 0.0 and not short)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,

@@ -173,6 +173,7 @@ def test_bf16_with_the_frozen_weights_cast_once_trains_exactly_as_autocast_alone
     import contextlib
 
     from bitfit import train as train_module
+    from bitfit.train import frozen_weights_in as cast_once
 
     weights = {n: p.detach().clone() for n, p in base.encoder.named_parameters()
                if n.endswith(".weight")}
@@ -187,3 +188,10 @@ def test_bf16_with_the_frozen_weights_cast_once_trains_exactly_as_autocast_alone
     after = dict(base.encoder.named_parameters())
     assert all(after[n].dtype == torch.float32 and torch.equal(after[n], w)
                for n, w in weights.items())
+    model = once.extra["model"]
+    model.head.weight.requires_grad_(True)  # a matrix that trains keeps its own dtype
+    with cast_once(model, torch.bfloat16):
+        assert model.encoder.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+        assert model.head.weight.dtype == torch.float32
+    model.head.weight.requires_grad_(False)
+    assert model.encoder.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
