@@ -24,6 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from bitfit import dropout
 from bitfit import train as train_module
 from bitfit.data import prepare
+from bitfit.dropout import two_products
 from bitfit.models import load_base
 from bitfit.tasks import load_task
 from bitfit.train import TrainConfig, predict, train
@@ -41,6 +42,11 @@ def median_ms(function, reps: int) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
+def _two_products(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                  **kwargs):
+    return two_products(query, key, value, attention_mask, dropout, scaling), None
+
+
 def attention_paths(base, reps: int) -> list[dict[str, object]]:
     rows = []
     encoder = base.encoder.eval()
@@ -50,7 +56,7 @@ def attention_paths(base, reps: int) -> list[dict[str, object]]:
         mask[::2, length * 3 // 4:] = 0  # every other row padded
         for precision in ("fp32", "bf16"):
             row: dict[str, object] = {"tokens": length, "rows": batch, "precision": precision}
-            for name, path in (("two_products_ms", dropout.attention),
+            for name, path in (("two_products_ms", _two_products),
                                ("sdpa_ms", sdpa_attention_forward)):
                 AttentionInterface.register(dropout.ATTENTION, path)
 

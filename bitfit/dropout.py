@@ -88,6 +88,14 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
             or (dropout == 0.0 and not short)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    return two_products(query, key, value, attention_mask, dropout, scaling), None
+
+
+def two_products(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                 scaling: float | None = None) -> torch.Tensor:
+    """Attention as two batched matrix products, the probabilities dropped with the masks above
+    while ``dropout`` > 0; the output laid out as SDPA's (batch, tokens, heads, head size)."""
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)) * scale
     if attention_mask is not None:
@@ -99,7 +107,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     probs = torch.softmax(scores, dim=-1)
     if dropout > 0.0:
         probs = probs * keep_scaled(probs, dropout)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()
 
 
 def install(encoder: nn.Module) -> None:

@@ -352,7 +352,7 @@ def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[N
     as they are), their own tensors put back after. Under bf16 autocast a linear layer casts its
     weight on every call, except a weight that trains (autocast keeps that one cast per step);
     BitFit's frozen matrices, cast once, are the very values those casts give, without the
-    copies (``benchmarks/cpu_paths.py``: 3% of a bf16 BitFit run's training time)."""
+    copies (``benchmarks/cpu_paths.py``: 1-3% of a bf16 BitFit run's training time)."""
     if dtype is None:
         yield
         return
