@@ -19,6 +19,7 @@ same seed draws the same masks.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -52,8 +53,10 @@ def keep(n: int, p: float) -> np.ndarray:
 
 def keep_scaled(like: torch.Tensor, p: float) -> torch.Tensor:
     """A mask shaped and typed like ``like``: 0 with probability ``p``, else ``1 / (1 - p)``."""
-    mask = torch.from_numpy(keep(like.numel(), p)).view(like.shape)
-    return mask.to(device=like.device, dtype=like.dtype).mul_(1.0 / (1.0 - p))
+    # scaled in NumPy: one pass from the booleans to float32, where torch's bool-to-float cast
+    # and an in-place scale took two slower ones
+    mask = np.multiply(keep(like.numel(), p).view(np.uint8), np.float32(1.0 / (1.0 - p)))
+    return torch.from_numpy(mask).view(like.shape).to(device=like.device, dtype=like.dtype)
 
 
 class Dropout(nn.Dropout):
@@ -97,17 +100,48 @@ def two_products(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """Attention as two batched matrix products, the probabilities dropped with the masks above
     while ``dropout`` > 0; the output laid out as SDPA's (batch, tokens, heads, head size)."""
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:  # SDPA's mask: True where a key may be seen
-            # as an added bias (a pass-through backward, unlike masked_fill's)
-            attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype).masked_fill_(
-                ~attention_mask, torch.finfo(scores.dtype).min)
-        scores = scores + attention_mask
+    batch, heads, length, size = query.shape
+    keys = key.size(-2)
+    q = query.reshape(batch * heads, length, size)
+    k = key.reshape(batch * heads, keys, size).transpose(1, 2)
+    bias = _bias(attention_mask, (batch, heads, length, keys), query.dtype)
+    # the scale and the mask inside the first product (one pass less each way)
+    scores = (torch.bmm(q, k).mul_(scale) if bias is None
+              else torch.baddbmm(bias, q, k, alpha=scale))
     probs = torch.softmax(scores, dim=-1)
     if dropout > 0.0:
         probs = probs * keep_scaled(probs, dropout)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous()
+    out = torch.bmm(probs, value.reshape(batch * heads, keys, size))
+    return out.view(batch, heads, length, size).transpose(1, 2).contiguous()
+
+
+_LAST_BIAS: tuple[Any, torch.Tensor] | None = None  # (the mask, weakly; its bias): layers share it
+
+
+def _bias(mask: torch.Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype
+          ) -> torch.Tensor | None:
+    """The attention mask as an additive bias, one (query, key) matrix per batch row and head:
+    0 where a key may be seen, a large negative number where not. The layers of one forward
+    pass get the same mask, so the last one made is kept (held by a weak reference to it)."""
+    global _LAST_BIAS
+    if mask is None:
+        return None
+    flat = (shape[0] * shape[1], shape[2], shape[3])
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    if _LAST_BIAS is not None:
+        ref, bias = _LAST_BIAS
+        if ref() is mask and bias.dtype == dtype and bias.shape == flat:
+            return bias
+    if mask.dtype == torch.bool:  # SDPA's mask: True where a key may be seen
+        # bf16's most negative number: also finite once autocast casts it to bf16
+        bias = torch.zeros(mask.shape, dtype=dtype).masked_fill_(
+            ~mask, torch.finfo(torch.bfloat16).min)
+    else:  # already additive
+        bias = mask.to(dtype)
+    bias = bias.expand(shape).reshape(flat)
+    _LAST_BIAS = (weakref.ref(mask), bias)
+    return bias
 
 
 def install(encoder: nn.Module) -> None:

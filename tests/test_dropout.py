@@ -83,3 +83,17 @@ def test_the_drop_rate_is_p_also_where_the_byte_alone_cannot_say(p):
     n = 2_000_000
     dropped = 1.0 - dropout.keep(n, p).mean()
     assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / n), (p, dropped)
+
+
+def test_each_forward_pass_gets_the_bias_of_its_own_mask():
+    # the bias is kept between the layers of one pass: a pass with another mask must not get it
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    for real in (5, 2, 4):
+        mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+        mask[1, :, :, real:] = False
+        out = dropout.two_products(q, k, v, mask, scaling=0.5)
+        scores = (q @ k.transpose(2, 3) * 0.5).masked_fill(~mask, -math.inf)
+        assert torch.allclose(out, (torch.softmax(scores, -1) @ v).transpose(1, 2), atol=1e-6)
+        again = dropout.two_products(q, k, v, mask, scaling=0.5)  # the kept bias
+        assert torch.equal(out, again)
