@@ -272,6 +272,10 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
     task = manifest["task"]
     num_labels = 1 if task["regression"] else len(task["label_names"])
     model = base.classifier(num_labels, seed=0)
+    if manifest["method"] == "lora":  # the adapters' tensors need the adapters
+        from bitfit.lora import add_adapters
+
+        add_adapters(model.encoder, base.family, rank=int(manifest["config"]["lora_rank"]))
     model.eval()
     params = dict(model.named_parameters())
     dense = {n: t for n, t in tensors.items() if ":" not in n}
@@ -281,7 +285,7 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
         raise ArtifactError(f"artifact {str(path)!r} holds {unknown[0]!r}, which this model "
                             f"does not have")
     base.remember([n.removeprefix("encoder.") for n in [*dense, *sparse]
-                   if n.startswith("encoder.")])
+                   if n.startswith("encoder.") and ".lora_" not in n])  # adapters go whole
     with torch.no_grad():
         for name, value in dense.items():
             params[name].copy_(value)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,7 +127,12 @@ class BaseModel:
                 self._pristine[name] = params[name].detach().clone()
 
     def restore(self) -> None:
-        """Put back the pre-trained value of every tensor any run has trained, and freeze all."""
+        """Put back the pre-trained value of every tensor any run has trained, take off any
+        LoRA adapters a run added, and freeze all."""
+        if "peft" in sys.modules:  # only a LoRA run imports it
+            from bitfit.lora import remove_adapters
+
+            remove_adapters(self.encoder)
         params = dict(self.encoder.named_parameters())
         with torch.no_grad():
             for name, value in self._pristine.items():

@@ -55,6 +55,7 @@ class TrainConfig:
     group_by_length: bool = True
     train_eval_samples: int = 2000
     select_best: bool = True  # False: keep the last evaluation (final runs never select on dev)
+    lora_rank: int = 8  # lora: the adapters' rank (bitfit.lora)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1 step, got {self.eval_every}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in PRECISIONS:
@@ -201,11 +204,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def trainable_tensors(base: BaseModel, config: TrainConfig) -> tuple[list[str], RandomMask | None]:
-    """Encoder tensor names a method trains (the head is always trained), and rand's mask."""
+    """Encoder tensor names a method trains (the head is always trained), and rand's mask.
+    LoRA trains none of the encoder's own tensors (its adapters come with the model)."""
     names = [n for n, _ in base.encoder.named_parameters()]
     if config.method == "full":
         return names, None
-    if config.method == "frozen":
+    if config.method in ("frozen", "lora"):
         return [], None
     selected = [n for group in select_biases(names, base.family, config.subset).values()
                 for n in group]
@@ -372,16 +376,23 @@ def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device:
                    ) -> tuple[TextClassifier, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The classifier on ``device`` with the method's tensors trainable; those tensors by name in
     the classifier (``encoder.…``, ``head.…``), and rand's masks on ``device`` (else empty)."""
-    names, mask = trainable_tensors(base, config)
     torch.manual_seed(config.seed)  # PyTorch's dropout (off the CPU) draws from it
     dropout.seed(config.seed)  # the CPU's dropout masks (bitfit.dropout)
+    # the classifier first: it restores the encoder, taking off an earlier LoRA run's adapters
     model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
+    names, mask = trainable_tensors(base, config)
     base.remember(names)
     model.to(device)
     params = dict(model.encoder.named_parameters())
     for n in names:
         params[n].requires_grad_(True)
     trained: dict[str, torch.Tensor] = {f"encoder.{n}": params[n] for n in names}
+    if config.method == "lora":  # adapters drawn from torch's generator, seeded above
+        from bitfit.lora import add_adapters
+
+        adapters = add_adapters(model.encoder, base.family, rank=config.lora_rank)
+        model.to(device)
+        trained.update({f"encoder.{n}": p for n, p in adapters.items()})
     trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
     masks = {} if mask is None else {n: m.to(device) for n, m in mask.masks.items()}
     return model, trained, masks

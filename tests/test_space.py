@@ -70,7 +70,7 @@ BAD = [
      "not valid YAML at line 1, column 64: the key 'learning_rate' appears twice; keep one"),
     ("train: [1]" + LR, "key 'train': expected a mapping, got list"),
     # the top level
-    ("method: 3" + LR, "key 'method': must be one of bitfit, full, frozen, rand, got 3"),
+    ("method: 3" + LR, "key 'method': must be one of bitfit, full, frozen, rand, lora, got 3"),
     ("n_trials: 0" + LR, "key 'n_trials': must be >= 1, got 0"),
     ("max_train_samples: 0" + LR, "key 'max_train_samples': must be >= 1, got 0"),
     ("max_train_samples: 2.5e3" + LR,

@@ -56,6 +56,36 @@ def test_frozen_trains_the_head_only(base, cola_small):
     assert set(result.trained) == {"head.weight", "head.bias"}
 
 
+def test_lora_trains_only_its_adapters_and_leaves_the_encoder_as_it_was(base, cola_small,
+                                                                        tmp_path):
+    from bitfit.artifacts import apply_artifact, save_artifact
+    from bitfit.train import predict
+
+    before = _pristine(base)
+    result = train(base, cola_small, TrainConfig(method="lora", epochs=1, learning_rate=3e-3),
+                   progress=False)
+
+    adapters = [n for n in result.trained if ".lora_" in n]
+    assert len(adapters) == 6 * 2 * 2  # A and B on query and value of 6 layers
+    assert all(".query." in n or ".value." in n for n in adapters)
+    assert result.trainable_params == 6 * 2 * (8 * 384 + 384 * 8) + 384 * 2 + 2
+    moved = [n for n, p in base.encoder.named_parameters()
+             if n in before and not torch.equal(p.detach(), before[n])]
+    assert moved == []  # the pre-trained tensors themselves never move
+    model = result.extra["model"]
+    trained_logits = predict(model, cola_small.evals["validation"], batch_size=64,
+                             pad_id=base.tokenizer.pad_token_id, device=torch.device("cpu"))
+    out = save_artifact(result, base, cola_small.task, tmp_path / "lora")
+    rebuilt = apply_artifact(base, out)  # the adapters again, from the artifact
+    logits = predict(rebuilt, cola_small.evals["validation"], batch_size=64,
+                     pad_id=base.tokenizer.pad_token_id, device=torch.device("cpu"))
+    assert np.array_equal(logits, trained_logits)
+    # the next run gets the plain encoder back: no adapter left in it
+    base.classifier(2, seed=0)
+    assert not any(type(m).__module__.startswith("peft.") for m in base.encoder.modules())
+    assert set(dict(base.encoder.named_parameters())) == set(before)
+
+
 def test_full_fine_tuning_trains_everything(base, cola_small):
     result = train(base, cola_small, TrainConfig(method="full", epochs=1, learning_rate=5e-5),
                    progress=False)
@@ -149,7 +179,9 @@ def test_train_step_lowers_the_loss_and_moves_only_the_trained_tensors(base, col
 
 @pytest.mark.parametrize("field, value, message", [
     ("learning_rate", -1e-3, "learning_rate must be > 0, got -0.001"),
-    ("method", "lora", "method must be one of bitfit, full, frozen, rand, got 'lora'"),
+    ("method", "adapter", "method must be one of bitfit, full, frozen, rand, lora, got "
+                          "'adapter'"),
+    ("lora_rank", 0, "lora_rank must be >= 1, got 0"),
     ("subset", "q+z", "unknown bias subset 'q+z'"),
     ("precision", "fp16", "precision must be one of auto, fp32, bf16, got 'fp16'"),
     ("epochs", 0, "epochs must be >= 1, got 0"),

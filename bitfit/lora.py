@@ -1,0 +1,48 @@
+"""LoRA (Hu et al., 2021) through PEFT: the other sparse fine-tuning method BitFit is compared with.
+
+Low-rank adapters go on the query and value projections of every attention layer, as the LoRA
+paper does on GLUE (rank 8, ``lora_alpha`` twice the rank); the head trains too. The adapters are
+added to the one loaded encoder for a run and taken off again before the next
+(``remove_adapters``, which ``BaseModel.restore`` calls), so that trials and seeds of every method
+share one model as they do for BitFit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# the attention projections LoRA adapts, per bias-term family (bitfit.biases)
+TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "electra": ("query", "value"),
+    "distilbert": ("q_lin", "v_lin"),
+    "deberta-v2": ("query_proj", "value_proj"),
+}
+
+
+def add_adapters(encoder: nn.Module, family: str, *, rank: int) -> dict[str, torch.Tensor]:
+    """Put rank-``rank`` LoRA adapters on the encoder's query and value projections; the
+    adapters' tensors by parameter name in the encoder (the only encoder tensors that then
+    train). ``lora_A`` draws from torch's generator (seed it first), ``lora_B`` starts at 0,
+    so the model starts as the pre-trained one."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ValueError(f"lora_rank must be >= 1, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                        target_modules=list(TARGETS[family]), bias="none")
+    inject_adapter_in_model(config, encoder)
+    return {n: p for n, p in encoder.named_parameters() if ".lora_" in n}
+
+
+def remove_adapters(encoder: nn.Module) -> None:
+    """Take every LoRA adapter off again: each adapted layer is its original one once more."""
+    for name, module in list(encoder.named_modules()):
+        base_layer = getattr(module, "base_layer", None)
+        if isinstance(base_layer, nn.Module) and type(module).__module__.startswith("peft."):
+            parent, _, child = name.rpartition(".")
+            setattr(encoder.get_submodule(parent) if parent else encoder, child, base_layer)
+    if hasattr(encoder, "peft_config"):
+        del encoder.peft_config
