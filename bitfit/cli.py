@@ -1,11 +1,14 @@
-"""Command line: ``bitfit train | search | evaluate | prepare`` (or ``python -m bitfit ...``).
+"""Command line: ``bitfit train | search | evaluate | prepare | reproduce`` (or ``python -m
+bitfit ...``).
 
     bitfit train --task sst2 --data-dir ../shared/data/glue      # one run and its artifact
     bitfit search --task cola --data-dir ../shared/data/glue --quick   # the whole pipeline
+    bitfit reproduce --data-dir ../shared/data/glue              # the paper's claims checked
 
 ``train`` trains one configuration, prints the dev metrics, the trainable fraction and where the
 bias artifact was written. ``search``, ``evaluate`` and ``prepare`` run the pipeline of
-``bitfit.pipeline`` here, without Prefect (``python flows/*.py`` runs the same as Prefect flows).
+``bitfit.pipeline`` here, ``reproduce`` the claims check of ``bitfit.reproduce``, without
+Prefect (``python flows/*.py`` runs the same as Prefect flows).
 ``--json``: one JSON object instead.
 """
 
@@ -27,7 +30,7 @@ __all__ = ["HOME_ENV", "home_dir", "main"]
 
 def _parser() -> argparse.ArgumentParser:
     from bitfit.commands import (evaluate_arguments, own_data_arguments, prepare_arguments,
-                                 search_arguments)
+                                 reproduce_arguments, search_arguments)
 
     parser = argparse.ArgumentParser(prog="bitfit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="the final multi-seed evaluation of existing studies"))
     prepare_arguments(commands.add_parser(
         "prepare", help="tokenise a task's splits into the run home's cache"))
+    reproduce_arguments(commands.add_parser(
+        "reproduce", help="check the paper's claims on this model: methods x tasks x seeds, "
+        "the data-size curve, which biases move"))
     p = commands.add_parser("train", help="train one configuration and save its bias artifact")
     p.add_argument("--task", required=True, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, "
                    "qnli, rte, wnli) or a name for a custom task given by --train-file/--dev-file")
@@ -187,6 +193,13 @@ def _print_human(summary: dict) -> None:
 def _pipeline(args: argparse.Namespace) -> int:
     from bitfit import commands, pipeline
     from bitfit.entry import run_command
+
+    if args.command == "reproduce":
+        from bitfit import reproduce
+
+        config = commands.reproduce_config(args)
+        return run_command(lambda: reproduce.run(config), show=lambda r: print(
+            json.dumps(r, default=str)) if args.json else reproduce.print_summary(r))
 
     def show(result: dict) -> None:
         if args.json or args.command == "prepare":

@@ -118,3 +118,67 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of data preparation (``bitfit prepare``, ``flows/prepare.py``)."""
     _common(parser)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--curve-sizes takes whole numbers separated by "
+                                         f"commas, e.g. 100,1000,10000; got {text!r}") from None
+
+
+def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``bitfit reproduce`` and ``python flows/reproduce.py``."""
+    from bitfit.reproduce import BUDGETS, CURVE_METHODS, EXPERIMENT, METHODS, TASKS
+
+    parser.add_argument("--budget", default="small", choices=tuple(BUDGETS),
+                        help="small: a 2-core CPU in at most an hour with the bundled model "
+                        "(capped samples and trials, stated in the report); paper: whole "
+                        "training sets and the paper's grids, for a GPU and a masked-LM BERT")
+    parser.add_argument("--tasks", type=_names, default=TASKS, help="comma-separated GLUE "
+                        f"tasks (default: {','.join(TASKS)})")
+    parser.add_argument("--methods", type=_names, default=tuple(METHODS), help="comma-"
+                        f"separated methods (default: {','.join(METHODS)})")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: "
+                        "the budget's)")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="training "
+                        "examples per task (default: the budget's)")
+    parser.add_argument("--max-eval-samples", type=int, default=None, help="dev examples "
+                        "scored (default: all; fewer only for a quick look)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--grid-points", type=int, default=None, help="learning rates tried "
+                        "per method and task (default: the budget's)")
+    parser.add_argument("--curve-task", default="sst2", help="the task of the data-size curve "
+                        f"({', '.join(CURVE_METHODS)} at log-spaced training sizes); 'none' for "
+                        "no curve")
+    parser.add_argument("--curve-sizes", type=_sizes, default=None, help="comma-separated "
+                        "training sizes (default: the budget's)")
+    parser.add_argument("--curve-seeds", type=int, default=None)
+    parser.add_argument("--model", "--model-name-or-path", default=None,
+                        help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--pooling", default="auto", choices=POOLINGS)
+    parser.add_argument("--data-dir", default=None, help="GLUE folder (default: "
+                        "$BITFIT_GLUE_DIR, else the Hub)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--processes", type=int, default=None, help="runs trained at once "
+                        "(default: one per core on a CPU, up to 4)")
+    parser.add_argument("--name", default=None, help="the reproduction's name: the same name "
+                        "resumes it (default: from the model, budget and settings)")
+    parser.add_argument("--experiment", default=EXPERIMENT, help="the MLflow experiment")
+    parser.add_argument("--home", default=str(home_dir()), help="run home (default: "
+                        "$BITFIT_HOME, else ./runs)")
+    _stores(parser)
+
+
+def reproduce_config(args: argparse.Namespace):
+    """The reproduction's config the parsed flags ask for."""
+    from bitfit.reproduce import ReproduceConfig
+
+    fields = {**vars(args), "curve_task": None if args.curve_task in ("", "none")
+              else args.curve_task}
+    return ReproduceConfig.of(fields)

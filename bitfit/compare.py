@@ -105,6 +105,8 @@ def compare(
     processes: int | None = None,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
+    register: bool = True,
+    plots: bool = True,
 ) -> Comparison:
     """Train each method's config with seeds 0..seeds-1 and compare them on dev.
 
@@ -124,6 +126,9 @@ def compare(
             the threads per run, the last bits of floating-point sums.
         log: where progress lines go.
         progress: called with (runs done, runs) after each run.
+        register: register the best BitFit seed in MLflow's model registry (``bitfit-<task>``
+            with the alias ``champion``); a reproduction's cells do not.
+        plots: draw the per-seed and learning-curve plots (a reproduction draws its own).
     """
     check_not_starting()
     if processes is not None and processes < 1:
@@ -195,12 +200,13 @@ def compare(
     table.to_parquet(folder / "comparison.parquet")
     table.to_csv(folder / "comparison.csv", index=False)
     (folder / "runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs], indent=1))
-    plot_seeds(runs, main, folder / "dev_per_seed.png")
-    plot_curves(runs, main, folder / "learning_curves.png")
+    if plots:
+        plot_seeds(runs, main, folder / "dev_per_seed.png")
+        plot_curves(runs, main, folder / "learning_curves.png")
     if tracker is not None and parent_id is not None:
         tracker.end_evaluation(parent_id, folder, {"p_value": p_value, "t_statistic": t_stat,
                                                    "finished_at": time.time()})
-        if best_run is not None and best_run.run_id:
+        if register and best_run is not None and best_run.run_id:
             comparison = dataclasses.replace(comparison, registered_model=tracker.register(
                 best_run.run_id, best_run.artifact, task.name,
                 f"evaluation {name}, seed {best_run.seed}: dev {main} "

@@ -68,6 +68,17 @@ class PrefectReport(pipeline.Report):
         # where the Prefect UI shows this run (its artifacts and logs)
         summary["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name,
                                        "ui": flow_run.ui_url}
+        if "claims" in summary:  # a reproduction (bitfit.reproduce)
+            name = summary["name"]
+            create_markdown_artifact(summary["markdown"], key=artifact_key(f"reproduce-{name}"),
+                                     description=f"the paper's claims checked on "
+                                     f"{summary['model']}: tables, verdicts")
+            create_link_artifact(run_url(summary["tracking_uri"], summary["experiment_id"],
+                                         summary["mlflow_run_id"]),
+                                 link_text=f"reproduction {name} in MLflow",
+                                 key=artifact_key(f"mlflow-reproduce-{name}"),
+                                 description="every run of it, and the report with its plots")
+            return
         task = summary["task"]
         create_markdown_artifact(pipeline.summary_markdown(summary),
                                  key=artifact_key(f"{task}-report"),

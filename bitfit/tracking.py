@@ -117,11 +117,15 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self._artifacts = (Path(home).resolve() / "mlartifacts").as_uri()
         self._context = context_tags()
+        self.root: str | None = None  # a run every new top-level run goes under (reproduce)
+        self.study_plots = True  # Optuna's plots on a study's run (a grid of two needs none)
         with store_lock(tracking_uri):  # the first use of a SQLite store migrates its schema
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.client.search_experiments(max_results=1)
 
     def _run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        if self.root is not None and "mlflow.parentRunId" not in tags:
+            tags = {**tags, "mlflow.parentRunId": self.root}
         return self.client.create_run(experiment_id, run_name=run_name,
                                       tags={**self._context, **tags}).info.run_id
 
@@ -271,7 +275,7 @@ class Tracker:
             _shared(self.client.log_artifacts, parent_id, tmp)
         import matplotlib.pyplot as plt
 
-        for name, figure in _plots(study):
+        for name, figure in _plots(study) if self.study_plots else []:
             _shared(self.client.log_figure, parent_id, figure, f"plots/{name}.png")
             plt.close(figure)
         _shared(self.client.set_terminated, parent_id, status="FINISHED")
@@ -321,7 +325,8 @@ class Tracker:
         self.client.set_tag(parent_id, NOTE_TAG, (folder / "report.md").read_text()[:60_000])
         for name in ("report.md", "comparison.csv", "comparison.parquet", "runs.json",
                      "dev_per_seed.png", "learning_curves.png"):
-            self.client.log_artifact(parent_id, str(folder / name))
+            if (folder / name).is_file():  # the plots are left out where not drawn
+                self.client.log_artifact(parent_id, str(folder / name))
         self.client.set_terminated(parent_id, status="FINISHED")
 
     def register(self, run_id: str, artifact_dir: str | os.PathLike[str], task: str,
@@ -334,6 +339,27 @@ class Tracker:
         self.client.set_tag(run_id, "bitfit.registered_model",
                             f"{version.name} version {version.version}")
         return f"models:/{version.name}@{ALIAS}"
+
+    def reproduce_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
+        """The parent run of a reproduction: the one of that name when it resumes (running
+        again), else a new one with the settings as parameters."""
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`bitfit.reproduce` = '{_key(name)}'",
+            max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+        run_id = self._run(experiment_id, f"reproduce {name}",
+                           {"bitfit.reproduce": _key(name), "bitfit.kind": "reproduce"})
+        self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
+        return run_id
+
+    def end_reproduce(self, run_id: str, folder: Path, report: str, files: list[str]) -> None:
+        """The report as the run's description, and its files (tables, plots) as artifacts."""
+        self.client.set_tag(run_id, NOTE_TAG, report[:60_000])
+        for name in files:
+            self.client.log_artifact(run_id, str(folder / name))
+        self.client.set_terminated(run_id, status="FINISHED")
 
     def child_runs(self, experiment_id: str, parent_id: str) -> list:
         return self.client.search_runs(

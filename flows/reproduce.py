@@ -1,0 +1,66 @@
+"""The paper's claims checked on the model a user has, as a Prefect flow: methods x tasks x seeds,
+the data-size curve, which biases move, and a claims table, all under one MLflow run.
+
+    python flows/reproduce.py --data-dir ../shared/data/glue              # --budget small
+    python flows/reproduce.py --budget paper --model bert-base-cased      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from bitfit.entry import run_command
+from bitfit.settings import quiet_environment
+
+quiet_environment()  # before Prefect reads its settings
+
+from prefect import flow  # noqa: E402
+
+from bitfit import commands, orchestrate, reproduce  # noqa: E402
+from bitfit.services import refuse_secrets  # noqa: E402
+
+
+@flow(name="bitfit-reproduce", flow_run_name="reproduce-{budget}")
+def reproduce_flow(tasks: tuple[str, ...] = reproduce.TASKS,
+                   methods: tuple[str, ...] = tuple(reproduce.METHODS),
+                   budget: str = "small", seeds: int | None = None,
+                   max_train_samples: int | None = None, max_eval_samples: int | None = None,
+                   epochs: int | None = None, grid_points: int | None = None,
+                   curve_task: str | None = "sst2", curve_sizes: tuple[int, ...] | None = None,
+                   curve_seeds: int | None = None, model: str | None = None,
+                   pooling: str = "auto", data_dir: str | None = None, device: str = "auto",
+                   processes: int | None = None, name: str | None = None,
+                   experiment: str = reproduce.EXPERIMENT, storage: str | None = None,
+                   tracking_uri: str | None = None, home: str | None = None) -> dict:
+    """Main table (tasks x methods x seeds, each method's learning rate from a small study),
+    size curve, bias movement and the claims' verdicts; the report as an MLflow artifact and a
+    Prefect artifact. ``budget``: small (a 2-core CPU, at most an hour) or paper."""
+    config = reproduce.ReproduceConfig.of(locals())
+    refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    return reproduce.run(config, phase=orchestrate.as_task,
+                         report=orchestrate.PrefectReport())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands.reproduce_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def work() -> dict:
+        from bitfit.services import check_prefect_api
+
+        config = reproduce.check(commands.reproduce_config(args))
+        check_prefect_api()
+        fields = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k in reproduce_flow.parameters.properties}  # type: ignore[attr-defined]
+        return reproduce_flow(**fields)
+
+    return run_command(work, show=lambda r: print(json.dumps(r, default=str)) if args.json
+                       else reproduce.print_summary(r))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""``bitfit reproduce`` on a tiny budget: the MLflow runs, the report's tables against them, the
+heatmap's shape, the claims' verdicts against the numbers, and a second call that resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bitfit import reproduce
+from bitfit.report import SeedRun
+from bitfit.reproduce import Cell, ReproduceConfig
+from tests.conftest import ROOT
+
+TASKS = ("sst2", "stsb")
+METRIC = {"sst2": "accuracy", "stsb": "pearson"}
+
+
+FLAGS = ["--tasks", ",".join(TASKS), "--seeds", "2", "--max-train-samples", "48",
+         "--max-eval-samples", "48", "--epochs", "1", "--grid-points", "1",
+         "--curve-task", "sst2", "--curve-sizes", "16,32,48", "--curve-seeds", "2",
+         "--processes", "1", "--device", "cpu", "--name", "tiny"]
+
+
+def _tiny(home, glue_dir) -> ReproduceConfig:
+    """The config the flags above ask for."""
+    return ReproduceConfig(tasks=TASKS, budget="small", seeds=2, max_train_samples=48,
+                           max_eval_samples=48, epochs=1, grid_points=1, curve_task="sst2",
+                           curve_sizes=(16, 32, 48), curve_seeds=2, data_dir=str(glue_dir),
+                           processes=1, home=str(home), device="cpu", name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, glue_dir):
+    """The flow on a tiny budget, as a user starts it: 2 tasks x all methods x 2 seeds, and a
+    3-point size curve."""
+    home = tmp_path_factory.mktemp("reproduce")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("BITFIT_OPTUNA_STORAGE", None)
+    out = subprocess.run([sys.executable, str(ROOT / "flows" / "reproduce.py"), *FLAGS,
+                          "--data-dir", str(glue_dir), "--home", str(home), "--json"],
+                         capture_output=True, text=True, env=env, cwd=home, timeout=900)
+    assert out.returncode == 0, out.stderr[-5000:]
+    return _tiny(home, glue_dir), json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def _runs(summary):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(summary["tracking_uri"])
+    return client, client.search_runs([summary["experiment_id"]], max_results=10_000)
+
+
+def test_every_run_is_under_one_parent_and_each_cell_has_its_seeds(tiny_run):
+    _, summary, _ = tiny_run
+    client, runs = _runs(summary)
+    by_id = {r.info.run_id: r for r in runs}
+    root = summary["mlflow_run_id"]
+    assert by_id[root].info.status == "FINISHED"
+
+    def top(run):
+        while "mlflow.parentRunId" in run.data.tags:
+            run = by_id[run.data.tags["mlflow.parentRunId"]]
+        return run.info.run_id
+
+    assert {top(r) for r in runs} == {root}
+    seeds = [r for r in runs if "seed" in r.data.tags]
+    # 2 tasks x 6 methods x 2 seeds, and 3 sizes x 3 methods x 2 seeds on the curve
+    assert len(seeds) == 2 * 6 * 2 + 3 * 3 * 2
+    assert {r.data.tags["method"] for r in seeds} == set(reproduce.METHODS)
+    trials = [r for r in runs if "trial_number" in r.data.tags]
+    assert len(trials) == 2 * 6  # one learning rate per method and task: one trial each
+    artifacts = {a.path for a in client.list_artifacts(root)}
+    assert {"report.md", "main_table.csv", "claims.csv", "size_curve.png",
+            "bias_heatmap.png"} <= artifacts
+
+
+def test_the_report_tables_are_the_mlflow_runs(tiny_run):
+    config, summary, _ = tiny_run
+    _, runs = _runs(summary)
+    table = pd.DataFrame(summary["main_table"])
+    assert len(table) == len(TASKS) * len(reproduce.METHODS)
+    evaluations = {r.info.run_id: r for r in runs if r.data.tags.get("bitfit.kind") ==
+                   "evaluation"}
+    for row in table.itertuples():
+        name = f"{summary['name']}-main-{row.task}-{row.method}"
+        parent = next(i for i, r in evaluations.items()
+                      if r.data.tags["bitfit.evaluation"] == name)
+        scores = [r.data.metrics[f"dev_{METRIC[row.task]}"] for r in runs
+                  if r.data.tags.get("mlflow.parentRunId") == parent]
+        assert len(scores) == 2
+        assert row.mean == pytest.approx(np.mean(scores), abs=1e-12)
+        assert row.std == pytest.approx(np.std(scores, ddof=1), abs=1e-12)
+    curve = pd.DataFrame(summary["size_curve"])
+    assert sorted(curve["size"].unique()) == [16, 32, 48]
+    assert set(curve["method"]) == set(reproduce.CURVE_METHODS)
+    report = summary["markdown"]
+    assert "all-MiniLM-L6-v2" in report and "sentence-embedding" in report
+    for row in table.itertuples():  # every cell of the tasks x methods grid is in the report
+        assert f"{row.mean:.4f} ± {row.std:.4f}" in report
+
+
+def test_the_heatmap_has_every_layered_term_and_layer(tiny_run, base):
+    from bitfit.biases import TERMS
+
+    _, summary, _ = tiny_run
+    folder = reproduce.Path(summary["report"]).parent
+    movement = pd.read_csv(folder / "bias_movement.csv")
+    matrix = reproduce.movement_matrix(movement)
+    layered = [t for t in TERMS if t not in ("emb_ln", "pooler")]
+    assert list(matrix.index) == layered
+    assert list(matrix.columns) == list(range(base.encoder.config.num_hidden_layers))
+    assert (matrix.to_numpy() > 0).all()  # every trained bias moved
+    ranked = [r["term"] for r in summary["bias_ranking"]]
+    assert sorted(ranked) == sorted({*layered, "emb_ln"})  # MiniLM's pooler is not read
+
+
+def test_the_verdicts_follow_from_the_numbers(tiny_run):
+    _, summary, _ = tiny_run
+    table = pd.DataFrame(summary["main_table"])
+    _, runs = _runs(summary)
+    for row in summary["claims"]:
+        if row["claim"] != 1 or row["task"] not in TASKS:
+            continue
+        means = table[table["task"] == row["task"]].set_index("method")["mean"]
+        delta = means["bitfit"] - means["full"]
+        name = summary["name"]
+        scores = {m: [r.data.metrics[f"dev_{METRIC[row['task']]}"] for r in runs
+                      if r.data.tags.get("seed") is not None and r.data.tags["method"] == m
+                      and _evaluation_of(runs, r) == f"{name}-main-{row['task']}-{m}"]
+                  for m in ("bitfit", "full")}
+        a, b = scores["full"], scores["bitfit"]
+        if np.std(a) == 0 and np.std(b) == 0:
+            p = 0.0 if np.mean(a) > np.mean(b) else 1.0
+        else:
+            p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+        expected = ("fails" if p < 0.05 and delta < -0.01 else
+                    "holds" if p >= 0.05 and delta >= -0.01 else "inconclusive")
+        assert row["verdict"] == expected and row["p_value"] == pytest.approx(p)
+    overall = [r for r in summary["claims"] if r["task"] == "all"]
+    assert {r["claim"] for r in overall} == {1, 2, 3, 4}
+
+
+def _evaluation_of(runs, run) -> str:
+    parent = run.data.tags["mlflow.parentRunId"]
+    return next(r.data.tags.get("bitfit.evaluation", "") for r in runs
+                if r.info.run_id == parent)
+
+
+def test_a_second_call_keeps_every_finished_cell(tiny_run, glue_dir):
+    config, summary, _ = tiny_run
+    _, before = _runs(summary)
+    again = reproduce.run(config, report=_Silent())
+    _, after = _runs(again)
+    trained = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    assert trained == []  # nothing trained again: no new run but the report's own parent
+    assert again["main_table"] == summary["main_table"]
+    assert again["mlflow_run_id"] == summary["mlflow_run_id"]
+
+
+class _Silent(reproduce.Report):
+    def line(self, text: str) -> None:
+        pass
+
+
+def _cell(task, method, scores, size=None):
+    runs = [SeedRun(method, i, {METRIC[task]: s}, {}, [s], 1, 0.001, 4, 400, 1.0, 1.0)
+            for i, s in enumerate(scores)]
+    return Cell(task, method, size, 1e-3, "study", runs, None, 1.0)
+
+
+def test_claim_rules_on_known_numbers():
+    main = [_cell("sst2", "full", [0.90, 0.91, 0.92]),
+            _cell("sst2", "bitfit", [0.74, 0.75, 0.76]),  # far behind: claim 1 fails
+            _cell("sst2", "bitfit_qm2", [0.69, 0.70, 0.71]),  # keeps most of bitfit's gain
+            _cell("sst2", "frozen", [0.50, 0.51, 0.52]),
+            _cell("sst2", "rand", [0.55, 0.56, 0.57]),
+            _cell("sst2", "lora", [0.745, 0.755, 0.74])]  # level with bitfit: claim 2 holds
+    rows = {(r["claim"], r["task"]): r for r in reproduce.claims(main, [])}
+    assert rows[(1, "sst2")]["verdict"] == "fails"
+    assert rows[(2, "sst2")]["verdict"] == "holds"
+    assert rows[(3, "sst2")]["verdict"] == "holds"
+    assert rows[(4, "sst2")]["verdict"] == "holds"  # (0.75-0.51)/(0.91-0.51) = 60%
+    assert rows[(1, "all")]["verdict"] == "fails"
+    noisy = [_cell("sst2", "full", [0.2, 0.9]), _cell("sst2", "bitfit", [0.1, 0.8])]
+    assert reproduce.claims(noisy, [])[0]["verdict"] == "inconclusive"
+
+
+def test_crossing_and_curve_sizes():
+    curve = pd.DataFrame({"method": ["bitfit", "full"] * 3, "size": [100, 100, 1000, 1000,
+                                                                     10000, 10000],
+                          "mean": [0.8, 0.7, 0.85, 0.85, 0.86, 0.9]})
+    assert reproduce.crossing(curve) == pytest.approx(1000.0)
+    curve.loc[3, "mean"] = 0.8  # bitfit ahead at 1,000, behind at 10,000
+    assert 1000 < reproduce.crossing(curve) < 10000
+    assert reproduce.crossing(curve.assign(mean=[0.8, 0.7] * 3)) is None
+    sizes = reproduce.curve_sizes(67349, None)
+    assert sizes[0] == 100 and sizes[-1] == 67349 and len(sizes) == 7
+    assert all(math.log10(b / a) < 0.6 for a, b in zip(sizes, sizes[1:], strict=False))
+    assert reproduce.curve_sizes(500, (100, 300, 1000)) == [100, 300, 500]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"budget": "huge"}, "--budget must be one of small, paper"),
+    ({"methods": ("bitfit", "adapter")}, "--methods has 'adapter'"),
+    ({"tasks": ("sst2", "nope")}, "unknown task 'nope'"),
+    ({"seeds": 0}, "--seeds must be a whole number of 1 or more"),
+    ({"curve_sizes": (1,)}, "--curve-sizes must be a whole number of 2 or more"),
+])
+def test_bad_settings_fail_in_one_sentence_before_anything_loads(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        reproduce.check(ReproduceConfig(home=str(tmp_path), **change))
