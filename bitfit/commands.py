@@ -165,8 +165,10 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="GLUE folder (default: "
                         "$BITFIT_GLUE_DIR, else the Hub)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--processes", type=int, default=None, help="runs trained at once "
-                        "(default: one per core on a CPU, up to 4)")
+    parser.add_argument("--processes", type=int, default=1, help="a cell's seeds trained at "
+                        "once, each in a process of its own (default 1: one after another in "
+                        "this process; a cell is small and a process start costs more than it "
+                        "gains on it)")
     parser.add_argument("--name", default=None, help="the reproduction's name: the same name "
                         "resumes it (default: from the model, budget and settings)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="the MLflow experiment")

@@ -38,6 +38,7 @@ NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # runs, not GenAI traces
 UI_PORT = 5000  # where ``ui_command`` serves a local store
 
+NOTE_LIMIT = 8000  # MLflow stores a tag's value up to this many characters
 STUDY_TAG = "bitfit.study"
 # Runs are found by a digest of the user's name, never by a filter string holding the name:
 # a quote in a study name must not find or join another study's runs.
@@ -355,8 +356,11 @@ class Tracker:
         return run_id
 
     def end_reproduce(self, run_id: str, folder: Path, report: str, files: list[str]) -> None:
-        """The report as the run's description, and its files (tables, plots) as artifacts."""
-        self.client.set_tag(run_id, NOTE_TAG, report[:60_000])
+        """The report as the run's description (up to the store's 8,000 characters), and its
+        files (tables, plots) as artifacts."""
+        cut = "\n\n(the rest is in the artifact report.md)"
+        self.client.set_tag(run_id, NOTE_TAG, report if len(report) <= NOTE_LIMIT
+                            else report[:NOTE_LIMIT - len(cut)] + cut)
         for name in files:
             self.client.log_artifact(run_id, str(folder / name))
         self.client.set_terminated(run_id, status="FINISHED")

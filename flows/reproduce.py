@@ -32,7 +32,7 @@ def reproduce_flow(tasks: tuple[str, ...] = reproduce.TASKS,
                    curve_task: str | None = "sst2", curve_sizes: tuple[int, ...] | None = None,
                    curve_seeds: int | None = None, model: str | None = None,
                    pooling: str = "auto", data_dir: str | None = None, device: str = "auto",
-                   processes: int | None = None, name: str | None = None,
+                   processes: int = 1, name: str | None = None,
                    experiment: str = reproduce.EXPERIMENT, storage: str | None = None,
                    tracking_uri: str | None = None, home: str | None = None) -> dict:
     """Main table (tasks x methods x seeds, each method's learning rate from a small study),

@@ -23,24 +23,24 @@ TASKS = ("sst2", "stsb")
 METRIC = {"sst2": "accuracy", "stsb": "pearson"}
 
 
-FLAGS = ["--tasks", ",".join(TASKS), "--seeds", "2", "--max-train-samples", "48",
-         "--max-eval-samples", "48", "--epochs", "1", "--grid-points", "1",
-         "--curve-task", "sst2", "--curve-sizes", "16,32,48", "--curve-seeds", "2",
+FLAGS = ["--tasks", ",".join(TASKS), "--seeds", "2", "--max-train-samples", "32",
+         "--max-eval-samples", "32", "--epochs", "1", "--grid-points", "1",
+         "--curve-task", "sst2", "--curve-sizes", "8,16,32", "--curve-seeds", "1",
          "--processes", "1", "--device", "cpu", "--name", "tiny"]
 
 
 def _tiny(home, glue_dir) -> ReproduceConfig:
     """The config the flags above ask for."""
-    return ReproduceConfig(tasks=TASKS, budget="small", seeds=2, max_train_samples=48,
-                           max_eval_samples=48, epochs=1, grid_points=1, curve_task="sst2",
-                           curve_sizes=(16, 32, 48), curve_seeds=2, data_dir=str(glue_dir),
+    return ReproduceConfig(tasks=TASKS, budget="small", seeds=2, max_train_samples=32,
+                           max_eval_samples=32, epochs=1, grid_points=1, curve_task="sst2",
+                           curve_sizes=(8, 16, 32), curve_seeds=1, data_dir=str(glue_dir),
                            processes=1, home=str(home), device="cpu", name="tiny")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, glue_dir):
     """The flow on a tiny budget, as a user starts it: 2 tasks x all methods x 2 seeds, and a
-    3-point size curve."""
+    3-point size curve (one seed a point)."""
     home = tmp_path_factory.mktemp("reproduce")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -73,14 +73,15 @@ def test_every_run_is_under_one_parent_and_each_cell_has_its_seeds(tiny_run):
 
     assert {top(r) for r in runs} == {root}
     seeds = [r for r in runs if "seed" in r.data.tags]
-    # 2 tasks x 6 methods x 2 seeds, and 3 sizes x 3 methods x 2 seeds on the curve
-    assert len(seeds) == 2 * 6 * 2 + 3 * 3 * 2
+    # 2 tasks x 6 methods x 2 seeds, and 3 sizes x 3 methods x 1 seed on the curve
+    assert len(seeds) == 2 * 6 * 2 + 3 * 3 * 1
     assert {r.data.tags["method"] for r in seeds} == set(reproduce.METHODS)
     trials = [r for r in runs if "trial_number" in r.data.tags]
     assert len(trials) == 2 * 6  # one learning rate per method and task: one trial each
     artifacts = {a.path for a in client.list_artifacts(root)}
     assert {"report.md", "main_table.csv", "claims.csv", "size_curve.png",
             "bias_heatmap.png"} <= artifacts
+    assert summary["prefect_flow_run"]["id"]  # the report went to the Prefect run too
 
 
 def test_the_report_tables_are_the_mlflow_runs(tiny_run):
@@ -100,7 +101,7 @@ def test_the_report_tables_are_the_mlflow_runs(tiny_run):
         assert row.mean == pytest.approx(np.mean(scores), abs=1e-12)
         assert row.std == pytest.approx(np.std(scores, ddof=1), abs=1e-12)
     curve = pd.DataFrame(summary["size_curve"])
-    assert sorted(curve["size"].unique()) == [16, 32, 48]
+    assert sorted(curve["size"].unique()) == [8, 16, 32]
     assert set(curve["method"]) == set(reproduce.CURVE_METHODS)
     report = summary["markdown"]
     assert "all-MiniLM-L6-v2" in report and "sentence-embedding" in report
@@ -164,6 +165,21 @@ def test_a_second_call_keeps_every_finished_cell(tiny_run, glue_dir):
     assert trained == []  # nothing trained again: no new run but the report's own parent
     assert again["main_table"] == summary["main_table"]
     assert again["mlflow_run_id"] == summary["mlflow_run_id"]
+
+
+def test_an_interrupted_run_trains_only_the_cells_it_had_not_finished(tiny_run):
+    # a cell whose file is missing is one the run had not finished when it was stopped
+    config, summary, _ = tiny_run
+    folder = reproduce.Path(summary["report"]).parent
+    (folder / "cells" / "main-stsb-lora.json").unlink()
+    _, before = _runs(summary)
+    again = reproduce.run(config, report=_Silent())
+    _, after = _runs(again)
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    assert sorted(r.data.tags.get("seed", "parent") for r in new) == ["0", "1", "parent"]
+    assert {r.data.tags["method"] for r in new if "seed" in r.data.tags} == {"lora"}
+    assert (folder / "cells" / "main-stsb-lora.json").is_file()
+    assert len(again["main_table"]) == len(summary["main_table"])
 
 
 class _Silent(reproduce.Report):
