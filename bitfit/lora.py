@@ -29,8 +29,6 @@ def add_adapters(encoder: nn.Module, family: str, *, rank: int) -> dict[str, tor
     so the model starts as the pre-trained one."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    if rank < 1:
-        raise ValueError(f"lora_rank must be >= 1, got {rank}")
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                         target_modules=list(TARGETS[family]), bias="none")
     inject_adapter_in_model(config, encoder)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from torch import nn
 from bitfit.biases import family_of
 from bitfit.dropout import Dropout
 from bitfit.dropout import install as install_dropout
+from bitfit.lora import remove_adapters
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -129,10 +129,7 @@ class BaseModel:
     def restore(self) -> None:
         """Put back the pre-trained value of every tensor any run has trained, take off any
         LoRA adapters a run added, and freeze all."""
-        if "peft" in sys.modules:  # only a LoRA run imports it
-            from bitfit.lora import remove_adapters
-
-            remove_adapters(self.encoder)
+        remove_adapters(self.encoder)
         params = dict(self.encoder.named_parameters())
         with torch.no_grad():
             for name, value in self._pristine.items():

@@ -26,6 +26,12 @@ def as_task(fn, *args, **kwargs):
     return task(fn, cache_policy=NO_CACHE)(*args, **kwargs)
 
 
+def flow_fields(flow: Any, config: Any) -> dict[str, Any]:
+    """The fields of a config (a dataclass) that ``flow`` takes as parameters."""
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k in flow.parameters.properties}
+
+
 def artifact_key(text: str) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) for ``text``."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:200] or "bitfit"

@@ -49,14 +49,15 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
-def welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Welch's t statistic and two-sided p-value (NaN when either side has < 2 values or
-    neither varies)."""
+def welch(a: list[float], b: list[float], alternative: str = "two-sided"
+          ) -> tuple[float, float]:
+    """Welch's t statistic and p-value, two-sided or (``alternative`` "greater") that mean(a)
+    is the larger (NaN when either side has < 2 values or neither varies)."""
     if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
         return math.nan, math.nan
     with warnings.catch_warnings():  # one side constant: scipy warns, the test still holds
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(a, b, equal_var=False)
+        result = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)
     return float(result.statistic), float(result.pvalue)
 
 

@@ -39,8 +39,9 @@ import pandas as pd
 from bitfit.data import TaskData
 from bitfit.models import BaseModel
 from bitfit.pipeline import STDERR, Report, _direct, check_device, check_stores, load_model
-from bitfit.report import SeedRun, confidence_interval
+from bitfit.report import SeedRun, summarise, welch
 from bitfit.services import mask_url
+from bitfit.train import TrainConfig
 
 # a method's label -> what it trains (TrainConfig fields)
 METHODS: dict[str, dict[str, str]] = {
@@ -86,7 +87,8 @@ BUDGETS: dict[str, Budget] = {
         curve_sizes=(100, 300, 1000, 3000), curve_seeds=2, max_length=128,
         grids={"full": (1e-4, 3e-4), "bitfit": (5e-3, 2e-2), "bitfit_qm2": (5e-3, 2e-2),
                "rand": (5e-3, 2e-2), "frozen": (5e-3, 2e-2), "lora": (2e-3, 5e-3)},
-        about="a 2-core CPU in at most an hour with the bundled MiniLM: 500 training examples "
+        about="meant to finish within an hour on a 2-core CPU with the bundled MiniLM: 500 "
+              "training examples "
               "per task, 3 epochs, 2 learning rates per method, 3 seeds; the size curve up to "
               "3,000 examples with 2 seeds"),
     "paper": Budget(
@@ -260,10 +262,10 @@ class _Run:
         self.root = self.tracker.reproduce_run(self.experiment_id, name, {
             "budget": c.budget, "model": base.model_id, "pooling": base.pooling,
             "tasks": ",".join(c.tasks), "methods": ",".join(c.methods),
-            "curve_task": c.curve_task or "", **{k: v for k, v in self.s.items()}})
+            "curve_task": c.curve_task or "", **self.s})
         self.tracker.root = self.root
         self.tracker.study_plots = False  # a grid of a few rates: Optuna's plots show nothing
-        self.studies: dict[tuple[str, str], tuple[str, float]] = {}
+        self.studies: dict[tuple[str, str], tuple[str, TrainConfig]] = {}
         self.prepared: dict[tuple[str, int | None, bool], TaskData] = {}
 
     def data(self, task: str, *, samples: int | None, heldout: bool) -> TaskData:
@@ -284,9 +286,9 @@ class _Run:
                 cache_dir=Path(self.c.home) / "cache")
         return self.prepared[key]
 
-    def learning_rate(self, task: str, label: str) -> tuple[str, float]:
-        """The method's learning rate on the task: the best of its grid study (run, resumed,
-        or read back when it has finished)."""
+    def best(self, task: str, label: str) -> tuple[str, TrainConfig]:
+        """The method's study on the task and its best config (the best rate of its grid): the
+        study run, resumed, or read back when it has finished."""
         from bitfit.compare import best_config
         from bitfit.pipeline import trial_count
         from bitfit.study import run_study
@@ -305,27 +307,22 @@ class _Run:
                        experiment=self.c.experiment, device=self.c.device,
                        run_params={"model": self.base.model_id, "reproduce": self.name},
                        log=self.report.line)
-        lr = best_config(self.c.storage, study, task=task).learning_rate
-        self.studies[(task, label)] = (study, lr)
-        return study, lr
+        self.studies[(task, label)] = (study, best_config(self.c.storage, study, task=task))
+        return self.studies[(task, label)]
 
     def cell(self, kind: str, task: str, label: str, size: int | None, seeds: int) -> Cell:
         """A finished cell, read back, or trained now and written."""
         from bitfit.compare import compare
-        from bitfit.train import TrainConfig
 
         path = _cell_file(self.folder, kind, task, label, size)
         found = _load_cell(path)
         if found is not None:
             return found
-        study, lr = self.learning_rate(task, label)
+        study, config = self.best(task, label)
         samples = size or self.s["max_train_samples"]
         data = self.data(task, samples=samples, heldout=False)
-        config = TrainConfig(method=METHODS[label]["method"],
-                             subset=METHODS[label].get("subset", "all"), learning_rate=lr,
-                             epochs=self.s["epochs"])
         where = f"{task} {label}" + (f" at {size} examples" if size else "")
-        self.report.line(f"{where}: {seeds} seeds at learning rate {lr:g}")
+        self.report.line(f"{where}: {seeds} seeds at learning rate {config.learning_rate:g}")
         assert self.c.home is not None
         start = time.perf_counter()
         name = f"{self.name}-{kind}-{task}-{label}" + (f"-n{size}" if size else "")
@@ -334,8 +331,8 @@ class _Run:
                                 experiment=self.c.experiment, device=self.c.device,
                                 processes=self.c.processes, log=self.report.line,
                                 register=False, plots=False)
-        cell = Cell(task, label, size, lr, study, comparison.runs, comparison.parent_run_id,
-                    time.perf_counter() - start)
+        cell = Cell(task, label, size, config.learning_rate, study, comparison.runs,
+                    comparison.parent_run_id, time.perf_counter() - start)
         _save_cell(path, cell)
         return cell
 
@@ -359,7 +356,8 @@ def run(config: ReproduceConfig = ReproduceConfig(), *, phase: Callable[..., Any
     A cell's seeds train one after another in this process by default (``processes`` 1): with
     2 processes per cell, as the final evaluation of ``bitfit search`` does, the small budget
     took 60.7 minutes, and a cell that trains almost nothing (``frozen`` on 500 SST-2 examples)
-    took 40 s, most of it starting the processes and loading the model in them."""
+    still took 40 s: each cell started its processes anew, each loading the model (how much of
+    the 40 s that was is not measured)."""
     c = check(config)
     started = time.perf_counter()
     base = phase(load_model, c.model, c.pooling)
@@ -398,33 +396,24 @@ def main_table(cells: list[Cell]) -> pd.DataFrame:
     rows = []
     for cell in cells:
         metric = load_task(cell.task).main_metric
-        scores = cell.scores(metric)
-        low, high = confidence_interval(scores)
+        stats = summarise(cell.runs, (metric,)).iloc[0]  # the final evaluation's statistics
         rows.append({"task": cell.task, "method": cell.method, "size": cell.size,
-                     "metric": metric, "seeds": len(scores), "mean": float(np.mean(scores)),
-                     "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else math.nan,
-                     "ci_low": low, "ci_high": high, "learning_rate": cell.learning_rate,
-                     "trainable_params": cell.runs[0].trainable_params,
-                     "trainable_fraction": cell.runs[0].trainable_fraction,
-                     "seconds_per_epoch": float(np.mean([x.time_per_epoch_s
-                                                         for x in cell.runs]))})
+                     "metric": metric, "seeds": int(stats["seeds"]),
+                     **{k: float(stats[f"{metric}_{k}"]) for k in ("mean", "std", "ci_low",
+                                                                    "ci_high")},
+                     "learning_rate": cell.learning_rate,
+                     "trainable_params": int(stats["trainable_params"]),
+                     "trainable_fraction": float(stats["trainable_fraction"]),
+                     "seconds_per_epoch": float(stats["time_per_epoch_s"])})
     return pd.DataFrame(rows)
 
 
 def one_sided(a: list[float], b: list[float]) -> float:
     """Welch's t-test p-value that mean(a) > mean(b) (NaN with fewer than two values a side;
     0 or 1 when neither varies)."""
-    import warnings
-
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    if np.std(a) == 0 and np.std(b) == 0:
+    if len(a) >= 2 and len(b) >= 2 and np.std(a) == 0 and np.std(b) == 0:
         return 0.0 if np.mean(a) > np.mean(b) else 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    return welch(a, b, alternative="greater")[1]
 
 
 def _competitive(ours: list[float], theirs: list[float]) -> tuple[str, float, float]:
@@ -475,49 +464,44 @@ def claims(main: list[Cell], curve: list[Cell]) -> list[dict[str, Any]]:
         cell = by.get((task, method, size))
         return cell.scores(load_task(task).main_metric) if cell else None
 
+    def add(claim: int, task: str, outcome: tuple[str, float, float], evidence: str,
+            test: str) -> None:
+        rows.append({"claim": claim, "task": task, "verdict": outcome[0],
+                     "p_value": outcome[2], "evidence": evidence,
+                     "test": f"Welch's t-test, one-sided: {test}"})
+
     tasks = list(dict.fromkeys(c.task for c in main))
     for task in tasks:
         metric = load_task(task).main_metric
         bitfit, full = scores(task, "bitfit"), scores(task, "full")
         qm2, frozen, rand = (scores(task, m) for m in ("bitfit_qm2", "frozen", "rand"))
-        if bitfit and full:
-            verdict, delta, p = _competitive(bitfit, full)
-            rows.append({"claim": 1, "task": task, "verdict": verdict, "p_value": p,
-                         "evidence": f"main table: bitfit {np.mean(bitfit):.4f} vs full "
-                                     f"{np.mean(full):.4f} {metric} ({delta:+.4f})",
-                         "test": "Welch's t-test, one-sided: full > bitfit"})
-        lora = scores(task, "lora")
-        if bitfit and lora:
-            verdict, delta, p = _competitive(bitfit, lora)
-            rows.append({"claim": 2, "task": task, "verdict": verdict, "p_value": p,
-                         "evidence": f"main table: bitfit {np.mean(bitfit):.4f} vs lora "
-                                     f"{np.mean(lora):.4f} {metric} ({delta:+.4f})",
-                         "test": "Welch's t-test, one-sided: lora > bitfit"})
+        for claim, other in ((1, "full"), (2, "lora")):
+            theirs = scores(task, other)
+            if bitfit and theirs:
+                outcome = _competitive(bitfit, theirs)
+                add(claim, task, outcome, f"main table: bitfit {np.mean(bitfit):.4f} vs {other} "
+                    f"{np.mean(theirs):.4f} {metric} ({outcome[1]:+.4f})", f"{other} > bitfit")
         if qm2 and bitfit and frozen:
-            verdict, share, p = _share(qm2, bitfit, frozen)
-            rows.append({"claim": 3, "task": task, "verdict": verdict, "p_value": p,
-                         "evidence": f"main table: qm2 keeps {share:.0%} of bitfit's gain over "
-                                     f"frozen ({np.mean(qm2):.4f} vs {np.mean(bitfit):.4f}, "
-                                     f"frozen {np.mean(frozen):.4f})",
-                         "test": "Welch's t-test, one-sided: qm2 > frozen"})
+            outcome = _share(qm2, bitfit, frozen)
+            add(3, task, outcome, f"main table: qm2 keeps {outcome[1]:.0%} of bitfit's gain over "
+                f"frozen ({np.mean(qm2):.4f} vs {np.mean(bitfit):.4f}, frozen "
+                f"{np.mean(frozen):.4f})", "qm2 > frozen")
         if bitfit and full and frozen:
-            verdict, share, p = _share(bitfit, full, frozen)
+            outcome = _share(bitfit, full, frozen)
             extra = (f"; rand {np.mean(rand):.4f}, p(bitfit > rand) = "
                      f"{one_sided(bitfit, rand):.4f}" if rand else "")
-            rows.append({"claim": 4, "task": task, "verdict": verdict, "p_value": p,
-                         "evidence": f"main table: bitfit (0.1% of the weights) gets {share:.0%}"
-                                     f" of full fine-tuning's gain over frozen{extra}",
-                         "test": "Welch's t-test, one-sided: bitfit > frozen"})
+            add(4, task, outcome, f"main table: bitfit (0.1% of the weights) gets "
+                f"{outcome[1]:.0%} of full fine-tuning's gain over frozen{extra}",
+                "bitfit > frozen")
     if curve:
         task = curve[0].task
         largest = max(c.size or 0 for c in curve)
         bitfit, lora = scores(task, "bitfit", largest), scores(task, "lora", largest)
         if bitfit and lora:
-            verdict, delta, p = _competitive(bitfit, lora)
-            rows.append({"claim": 2, "task": f"{task} at {largest:,}", "verdict": verdict,
-                         "p_value": p, "evidence": f"size curve, largest size: bitfit "
-                         f"{np.mean(bitfit):.4f} vs lora {np.mean(lora):.4f} ({delta:+.4f})",
-                         "test": "Welch's t-test, one-sided: lora > bitfit"})
+            outcome = _competitive(bitfit, lora)
+            add(2, f"{task} at {largest:,}", outcome, f"size curve, largest size: bitfit "
+                f"{np.mean(bitfit):.4f} vs lora {np.mean(lora):.4f} ({outcome[1]:+.4f})",
+                "lora > bitfit")
     overall = []
     for claim in sorted({row["claim"] for row in rows}):
         verdicts = [row["verdict"] for row in rows if row["claim"] == claim]
@@ -554,28 +538,26 @@ def bias_movement(base: BaseModel, cells: list[Cell]) -> pd.DataFrame:
     import re
 
     from bitfit.artifacts import load_artifact
-    from bitfit.biases import FAMILIES, TERMS
+    from bitfit.biases import TERMS, select_biases
 
     base.restore()
     pristine = {n: p.detach() for n, p in base.encoder.named_parameters()}
-    patterns = {t: re.compile(p) for t, p in FAMILIES[base.family].items()}
+    where = {}  # each bias tensor's (term, layer); -1 outside the layers
+    for term, names in select_biases(pristine, base.family, "all").items():
+        for n in names:
+            found = re.search(r"(?:^|\.)layer\.(\d+)\.", n)
+            where[f"encoder.{n}"] = (term, int(found.group(1)) if found else -1)
     rows = []
     for cell in cells:
-        if cell.method != "bitfit":
-            continue
-        for run in cell.runs:
-            if not run.artifact:
-                continue
+        for run in cell.runs if cell.method == "bitfit" else []:
             _, tensors = load_artifact(run.artifact)
             for name, value in tensors.items():
-                bare = name.removeprefix("encoder.")
-                for term, regex in patterns.items():
-                    match = regex.fullmatch(bare)
-                    if match and bare in pristine:
-                        layer = int(match.group(1)) if match.groups() else -1
-                        change = (value.float() - pristine[bare].float()).abs().mean()
-                        rows.append({"term": term, "layer": layer, "task": cell.task,
-                                     "seed": run.seed, "change": float(change)})
+                if name in where:
+                    term, layer = where[name]
+                    change = (value.float() - pristine[name.removeprefix("encoder.")].float()
+                              ).abs().mean()
+                    rows.append({"term": term, "layer": layer, "task": cell.task,
+                                 "seed": run.seed, "change": float(change)})
     table = pd.DataFrame(rows, columns=["term", "layer", "task", "seed", "change"])
     order = {t: i for i, t in enumerate(TERMS)}
     averaged = table.groupby(["term", "layer"], as_index=False)["change"].mean()
@@ -702,15 +684,15 @@ def finish(r: _Run, main: list[Cell], curve: list[Cell], seconds: float) -> dict
     folder = r.folder
     table.to_csv(folder / "main_table.csv", index=False)
     pd.DataFrame(verdicts).to_csv(folder / "claims.csv", index=False)
-    plots = []
+    written = ["report.md", "summary.json", "main_table.csv", "claims.csv"]  # this call's files
     if len(curve_table):
         curve_table.to_csv(folder / "size_curve.csv", index=False)
         _plot_curve(curve_table, folder / "size_curve.png")
-        plots.append("size_curve.png")
+        written += ["size_curve.csv", "size_curve.png"]
     if len(matrix):
         movement.to_csv(folder / "bias_movement.csv", index=False)
         _plot_heatmap(matrix, folder / "bias_heatmap.png")
-        plots.append("bias_heatmap.png")
+        written += ["bias_movement.csv", "bias_heatmap.png"]
     cross = crossing(curve_table) if len(curve_table) else None
     fmt = {"task": lambda x: str(x["task"]), "method": lambda x: str(x["method"]),
            "seeds": lambda x: str(x["seeds"]),
@@ -769,12 +751,7 @@ def finish(r: _Run, main: list[Cell], curve: list[Cell], seconds: float) -> dict
                "claims": verdicts, "settings": s, "home": r.c.home}
     (folder / "summary.json").write_text(json.dumps(
         {k: v for k, v in summary.items() if k != "markdown"}, indent=1, default=str))
-    r.tracker.end_reproduce(r.root, folder, text, ["report.md", "summary.json", "main_table.csv",
-                                                  "claims.csv", *plots,
-                                                  *(["size_curve.csv"] if plots and
-                                                    len(curve_table) else []),
-                                                  *(["bias_movement.csv"] if len(matrix)
-                                                    else [])])
+    r.tracker.end_report(r.root, folder, written)
     return summary
 
 

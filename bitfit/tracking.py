@@ -323,12 +323,10 @@ class Tracker:
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), _now_ms(), 0)
                                                   for k, v in metrics.items()
                                                   if v == v])  # NaN: no test possible
-        self.client.set_tag(parent_id, NOTE_TAG, (folder / "report.md").read_text()[:60_000])
-        for name in ("report.md", "comparison.csv", "comparison.parquet", "runs.json",
-                     "dev_per_seed.png", "learning_curves.png"):
-            if (folder / name).is_file():  # the plots are left out where not drawn
-                self.client.log_artifact(parent_id, str(folder / name))
-        self.client.set_terminated(parent_id, status="FINISHED")
+        self.end_report(parent_id, folder, [
+            name for name in ("report.md", "comparison.csv", "comparison.parquet", "runs.json",
+                              "dev_per_seed.png", "learning_curves.png")
+            if (folder / name).is_file()])  # the plots are left out where not drawn
 
     def register(self, run_id: str, artifact_dir: str | os.PathLike[str], task: str,
                  description: str = "") -> str:
@@ -355,9 +353,11 @@ class Tracker:
         self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
         return run_id
 
-    def end_reproduce(self, run_id: str, folder: Path, report: str, files: list[str]) -> None:
-        """The report as the run's description (up to the store's 8,000 characters), and its
-        files (tables, plots) as artifacts."""
+    def end_report(self, run_id: str, folder: Path, files: list[str]) -> None:
+        """End a run that holds a report: ``folder/report.md`` as its description (up to the
+        store's 8,000 characters, then a pointer to the artifact), ``files`` of the folder as
+        artifacts."""
+        report = (folder / "report.md").read_text()
         cut = "\n\n(the rest is in the artifact report.md)"
         self.client.set_tag(run_id, NOTE_TAG, report if len(report) <= NOTE_LIMIT
                             else report[:NOTE_LIMIT - len(cut)] + cut)

@@ -382,17 +382,16 @@ def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device:
     model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
     names, mask = trainable_tensors(base, config)
     base.remember(names)
-    model.to(device)
-    params = dict(model.encoder.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-    trained: dict[str, torch.Tensor] = {f"encoder.{n}": params[n] for n in names}
+    adapters: dict[str, torch.Tensor] = {}
     if config.method == "lora":  # adapters drawn from torch's generator, seeded above
         from bitfit.lora import add_adapters
 
         adapters = add_adapters(model.encoder, base.family, rank=config.lora_rank)
-        model.to(device)
-        trained.update({f"encoder.{n}": p for n, p in adapters.items()})
+    model.to(device)
+    params = dict(model.encoder.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+    trained: dict[str, torch.Tensor] = {f"encoder.{n}": params[n] for n in [*names, *adapters]}
     trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
     masks = {} if mask is None else {n: m.to(device) for n, m in mask.masks.items()}
     return model, trained, masks

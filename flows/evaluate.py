@@ -8,7 +8,6 @@ study, each trained with several seeds on the whole training split and compared 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -55,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         # Checked before Prefect starts; the passwords never reach the flow's parameters.
         config = pipeline.check_evaluation(commands.config(args))
         check_prefect_api()
-        fields = {k: v for k, v in dataclasses.asdict(config).items()
-                  if k in evaluate.parameters.properties}  # type: ignore[attr-defined]
-        return evaluate(bitfit_study=args.bitfit_study, full_study=args.full_study, **fields)
+        return evaluate(bitfit_study=args.bitfit_study, full_study=args.full_study,
+                        **orchestrate.flow_fields(evaluate, config))
 
     return run_command(work, show=lambda r: print(json.dumps(r)) if args.json
                        else pipeline.print_report(r))

@@ -9,7 +9,6 @@ flow after this one, reads the tokenised splits back instead of tokenising again
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -42,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands.prepare_arguments(parser)
     args = parser.parse_args(argv)
-    fields = {k: v for k, v in dataclasses.asdict(commands.config(args)).items()
-              if k in prepare.parameters.properties}  # type: ignore[attr-defined]
+    fields = orchestrate.flow_fields(prepare, commands.config(args))
     return run_command(lambda: prepare(**fields), show=lambda r: print(json.dumps(r)))
 
 

@@ -8,7 +8,6 @@ the data-size curve, which biases move, and a claims table, all under one MLflow
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -54,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
         config = reproduce.check(commands.reproduce_config(args))
         check_prefect_api()
-        fields = {k: v for k, v in dataclasses.asdict(config).items()
-                  if k in reproduce_flow.parameters.properties}  # type: ignore[attr-defined]
-        return reproduce_flow(**fields)
+        return reproduce_flow(**orchestrate.flow_fields(reproduce_flow, config))
 
     return run_command(work, show=lambda r: print(json.dumps(r, default=str)) if args.json
                        else reproduce.print_summary(r))
