@@ -359,7 +359,6 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
         save_artifact(result, base, task, out)
         artifact_bytes = (out / TENSORS).stat().st_size
         artifact = str(out)
-    epochs = max(1, len(result.evaluations))
     return result, SeedRun(
         method=label, seed=config.seed, metrics=result.metrics[split],
         train_metrics=result.train_metrics,
@@ -367,6 +366,6 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
         trainable_params=result.trainable_params,
         trainable_fraction=result.trainable_fraction, artifact_bytes=artifact_bytes,
         checkpoint_bytes=4 * result.total_params,
-        time_per_epoch_s=result.train_time_s / epochs,
+        time_per_epoch_s=result.train_time_s / config.epochs,  # completed: every epoch ran
         peak_memory_mb=result.peak_memory_mb, run_id="", artifact=artifact,
         test_metrics=result.metrics.get(TEST_SPLIT, {}))

@@ -81,8 +81,9 @@ def summarise(runs: list[SeedRun], metrics: tuple[str, ...]) -> pd.DataFrame:
             "artifact_over_checkpoint": mine[0].artifact_bytes / mine[0].checkpoint_bytes,
             "time_per_epoch_s": float(np.mean([r.time_per_epoch_s for r in mine])),
             "peak_memory_mb": float(max(r.peak_memory_mb for r in mine)),
-            "generalisation_gap": float(np.mean([r.train_metrics[main] - r.metrics[main]
-                                                 for r in mine])),
+            # NaN where the training split was not scored (TrainConfig.train_eval_samples 0)
+            "generalisation_gap": float(np.mean([r.train_metrics.get(main, math.nan)
+                                                 - r.metrics[main] for r in mine])),
         })
         rows.append(row)
     return pd.DataFrame(rows)

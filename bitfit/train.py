@@ -51,9 +51,10 @@ class TrainConfig:
     dropout: float | None = None  # None: the checkpoint's own dropout
     seed: int = 0
     eval_every: int | None = None
+    eval_each_epoch: bool = True  # False: after the last epoch only (and every eval_every steps)
     precision: str = "auto"
     group_by_length: bool = True
-    train_eval_samples: int = 2000
+    train_eval_samples: int = 2000  # 0: the training split is not scored
     select_best: bool = True  # False: keep the last evaluation (final runs never select on dev)
     lora_rank: int = 8  # lora: the adapters' rank (bitfit.lora)
 
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1 step, got {self.eval_every}")
+        if self.train_eval_samples < 0:
+            raise ValueError(f"train_eval_samples must be >= 0, got {self.train_eval_samples}")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -332,7 +335,8 @@ def train(
                 trained[n].copy_(tensor)
         tick = time.perf_counter()
         train_metrics = _train_metrics(model, data, config, pad_id=pad_id, device=dev,
-                                       precision=precision) if state.best and score_train else {}
+                                       precision=precision) if (
+            state.best and score_train and config.train_eval_samples) else {}
         state.eval_time += time.perf_counter() - tick
     for p in model.parameters():
         p.requires_grad_(False)
@@ -504,8 +508,9 @@ def _train_loop(
     precision: str,
     bar: tqdm,
 ) -> _LoopState:
-    """Every epoch's steps, an evaluation every ``eval_every`` steps and at each epoch's end,
-    until the epochs are done, the loss diverges or the callback stops the run."""
+    """Every epoch's steps, an evaluation every ``eval_every`` steps and at each epoch's end
+    (the last one's only without ``eval_each_epoch``), until the epochs are done, the loss
+    diverges or the callback stops the run."""
     state = _LoopState()
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     params = list(trained.values())
@@ -529,7 +534,11 @@ def _train_loop(
             state.loss_sum, state.loss_n = state.loss_sum + loss, state.loss_n + 1
             bar.update(1)
             epoch_end = i == len(batches)
-            if not epoch_end and not (config.eval_every and state.step % config.eval_every == 0):
+            evaluate_now = (epoch_end and (config.eval_each_epoch or epoch == config.epochs - 1)
+                            or bool(config.eval_every and state.step % config.eval_every == 0))
+            if not evaluate_now:
+                if epoch_end:  # the next epoch starts its own clock
+                    state.train_time += time.perf_counter() - tick
                 continue
             state.train_time += time.perf_counter() - tick
             evaluation = _evaluate_and_keep_best(

@@ -130,6 +130,22 @@ def test_best_evaluation_is_tracked_and_its_tensors_are_kept(base, cola_small):
     assert torch.equal(model.head.weight, result.trained["head.weight"])
 
 
+def test_scoring_after_the_last_epoch_only_trains_the_same_tensors(base, cola_small):
+    config = TrainConfig(epochs=2, seed=3, precision="fp32", select_best=False)
+    last = train(base, cola_small, TrainConfig(**{**config.__dict__, "eval_each_epoch": False,
+                                                  "train_eval_samples": 0}), progress=False)
+    every = train(base, cola_small, config, progress=False)
+
+    assert [e.epoch for e in every.evaluations] == [1.0, 2.0]
+    assert [e.epoch for e in last.evaluations] == [2.0]
+    assert last.evaluations[0].metrics == every.evaluations[1].metrics
+    assert all(torch.equal(last.trained[n], every.trained[n]) for n in every.trained)
+    assert every.train_metrics and last.train_metrics == {}
+    # both epochs' training is timed, though only the second ends in an evaluation (one
+    # epoch's alone would be about half)
+    assert last.train_time_s > 0.75 * every.train_time_s
+
+
 def test_an_exploding_loss_ends_the_run_with_a_clear_status(base, cola_small):
     result = train(base, cola_small, TrainConfig(method="full", epochs=1, learning_rate=1e30,
                                                  warmup_ratio=0.0), progress=False)
@@ -185,6 +201,7 @@ def test_train_step_lowers_the_loss_and_moves_only_the_trained_tensors(base, col
     ("subset", "q+z", "unknown bias subset 'q+z'"),
     ("precision", "fp16", "precision must be one of auto, fp32, bf16, got 'fp16'"),
     ("epochs", 0, "epochs must be >= 1, got 0"),
+    ("train_eval_samples", -1, "train_eval_samples must be >= 0, got -1"),
 ])
 def test_bad_settings_are_named_with_what_was_given(field, value, message):
     with pytest.raises(ValueError, match=message.replace("+", r"\+")):
