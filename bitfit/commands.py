@@ -34,13 +34,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        "every seed on it too; no study ever sees it")
 
 
-def own_data_arguments(parser: argparse.ArgumentParser, *, test_help: str) -> None:
-    """The flags of a user's own files (``bitfit train`` and the pipeline's commands)."""
+def own_data_arguments(parser: argparse.ArgumentParser, *, test_help: str | None) -> None:
+    """The flags of a user's own files (``bitfit train``, the pipeline's commands and
+    ``bitfit reproduce``, which has no test file)."""
     own = parser.add_argument_group("your own data (a custom task named by --task)")
     own.add_argument("--train-file", default=None, help="training file (.csv, .tsv or "
                      "tab-separated .txt, .json, .jsonl, .parquet)")
     own.add_argument("--dev-file", "--validation-file", default=None, help="evaluation file")
-    own.add_argument("--test-file", default=None, help=test_help)
+    if test_help:
+        own.add_argument("--test-file", default=None, help=test_help)
     own.add_argument("--text-columns", default="sentence", help="one or two comma-separated "
                      "text columns")
     own.add_argument("--label-column", default="label", help="the label column")
@@ -141,7 +143,8 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         "(capped samples and trials, stated in the report); paper: whole "
                         "training sets and the paper's grids, for a GPU and a masked-LM BERT")
     parser.add_argument("--tasks", type=_names, default=TASKS, help="comma-separated GLUE "
-                        f"tasks (default: {','.join(TASKS)})")
+                        f"tasks (default: {','.join(TASKS)}), and at most one custom task's "
+                        "name, read from --train-file and --dev-file")
     parser.add_argument("--methods", type=_names, default=tuple(METHODS), help="comma-"
                         f"separated methods (default: {','.join(METHODS)})")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: "
@@ -175,6 +178,7 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", default=str(home_dir()), help="run home (default: "
                         "$BITFIT_HOME, else ./runs)")
     _stores(parser)
+    own_data_arguments(parser, test_help=None)
 
 
 def reproduce_config(args: argparse.Namespace):

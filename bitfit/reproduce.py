@@ -38,9 +38,11 @@ import pandas as pd
 
 from bitfit.data import TaskData
 from bitfit.models import BaseModel
-from bitfit.pipeline import STDERR, Report, _direct, check_device, check_stores, load_model
+from bitfit.pipeline import (STDERR, OwnData, Report, _direct, check_device, check_stores,
+                             load_model)
 from bitfit.report import SeedRun, summarise, welch
 from bitfit.services import mask_url
+from bitfit.tasks import Task
 from bitfit.train import TrainConfig
 
 # a method's label -> what it trains (TrainConfig fields)
@@ -107,7 +109,7 @@ BUDGETS: dict[str, Budget] = {
 class ReproduceConfig:
     """Everything ``run`` needs; None takes the budget's value."""
 
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = TASKS  # GLUE tasks, and at most one custom task read from files
     methods: tuple[str, ...] = tuple(METHODS)
     budget: str = "small"
     seeds: int | None = None
@@ -121,6 +123,13 @@ class ReproduceConfig:
     model: str | None = None
     pooling: str = "auto"
     data_dir: str | None = None
+    # the custom task among ``tasks`` (the one that is not a GLUE task), read from these files
+    train_file: str | None = None
+    dev_file: str | None = None
+    text_columns: str = "sentence"
+    label_column: str = "label"
+    regression: bool = False
+    columns: str | None = None
     device: str = "auto"
     processes: int = 1  # runs trained at once, each in a process of its own (see run)
     name: str | None = None  # default: from the model, budget and settings
@@ -133,6 +142,34 @@ class ReproduceConfig:
     def of(cls, parameters: dict[str, Any]) -> ReproduceConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in parameters.items() if k in names})
+
+    @property
+    def own(self) -> OwnData:
+        """The custom task's files and columns (``given`` is False without one)."""
+        return OwnData(self.train_file, self.dev_file, self.text_columns, self.label_column,
+                       self.regression, self.columns)
+
+    @property
+    def custom(self) -> str | None:
+        """The name of the custom task among ``tasks`` and ``curve_task``, if any."""
+        from bitfit.tasks import GLUE_TASKS
+
+        names = [t for t in (*self.tasks, self.curve_task or "")
+                 if t and t.lower().replace("-", "") not in GLUE_TASKS]
+        return names[0] if names else None
+
+    def task(self, name: str) -> Task:
+        """A task of this reproduction: the custom one from its files, else GLUE's."""
+        from bitfit.pipeline import resolve_task
+        from bitfit.tasks import load_task
+
+        return resolve_task(name, self.own) if name == self.custom else load_task(name)
+
+    def files(self, name: str) -> dict[str, str | None]:
+        """``prepare``'s and ``load_splits``'s file arguments for a task."""
+        if name != self.custom:
+            return {}
+        return {"train_file": self.train_file, "dev_file": self.dev_file}
 
     def settings(self) -> dict[str, Any]:
         """The budget's values with this config's overrides."""
@@ -150,7 +187,7 @@ def check(config: ReproduceConfig) -> ReproduceConfig:
     from bitfit.compare import check_not_starting
     from bitfit.entry import at_least, positive
     from bitfit.settings import home_dir
-    from bitfit.tasks import load_task
+    from bitfit.tasks import GLUE_TASKS
 
     check_not_starting()
     if config.budget not in BUDGETS:
@@ -158,8 +195,17 @@ def check(config: ReproduceConfig) -> ReproduceConfig:
     tasks = tuple(config.tasks)
     if not tasks:
         raise ValueError("--tasks names no task: give at least one, e.g. --tasks sst2,rte")
-    for task in (*tasks, *([config.curve_task] if config.curve_task else [])):
-        load_task(task)
+    named = (*tasks, *([config.curve_task] if config.curve_task else []))
+    custom = sorted({t for t in named if t.lower().replace("-", "") not in GLUE_TASKS})
+    if len(custom) > 1:
+        raise ValueError(f"--tasks names {len(custom)} tasks that are not GLUE tasks "
+                         f"({', '.join(custom)}): one call reads one custom task's files; "
+                         "check the names, or run the others in calls of their own")
+    if config.own.given and not custom:
+        raise ValueError(f"--train-file {config.train_file} is given but --tasks names no "
+                         "custom task: add a name for it, e.g. --tasks sst2,mydata")
+    for task in named:
+        config.task(task)  # a GLUE name, or the custom task whose files and columns exist
     methods = tuple(config.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -186,6 +232,8 @@ def default_name(config: ReproduceConfig, base: BaseModel) -> str:
     model = base.model_id.rstrip("/").split("/")[-1]
     parts = [model, config.budget, f"n{s['max_train_samples'] or 'all'}", f"e{s['epochs']}",
              f"g{s['grid_points']}"]
+    if config.own.given:  # other files (or columns) are another reproduction
+        parts.append(f"{config.custom}{config.own.digest()}")
     if s["max_eval_samples"]:
         parts.append(f"d{s['max_eval_samples']}")
     return "-".join(parts)
@@ -206,9 +254,10 @@ class Cell:
     runs: list[SeedRun]
     evaluation_run_id: str | None
     seconds: float
+    metric: str  # the task's main metric
 
-    def scores(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.runs]
+    def scores(self) -> list[float]:
+        return [r.metrics[self.metric] for r in self.runs]
 
 
 def _cell_file(folder: Path, kind: str, task: str, method: str, size: int | None) -> Path:
@@ -262,7 +311,9 @@ class _Run:
         self.root = self.tracker.reproduce_run(self.experiment_id, name, {
             "budget": c.budget, "model": base.model_id, "pooling": base.pooling,
             "tasks": ",".join(c.tasks), "methods": ",".join(c.methods),
-            "curve_task": c.curve_task or "", **self.s})
+            "curve_task": c.curve_task or "", **self.s,
+            **({"custom_task": c.custom, "train_file": c.train_file, "dev_file": c.dev_file}
+               if c.own.given else {})})
         self.tracker.root = self.root
         self.tracker.study_plots = False  # a grid of a few rates: Optuna's plots show nothing
         self.studies: dict[tuple[str, str], tuple[str, TrainConfig]] = {}
@@ -273,13 +324,13 @@ class _Run:
         carved from them to select on when ``heldout``."""
         from bitfit.data import prepare
         from bitfit.pipeline import HELDOUT_FRACTION
-        from bitfit.tasks import load_task
 
         assert self.c.home is not None
         key = (task, samples, heldout)
         if key not in self.prepared:
             self.prepared[key] = self.phase(
-                prepare, load_task(task), self.base.tokenizer, data_dir=self.c.data_dir,
+                prepare, self.c.task(task), self.base.tokenizer, data_dir=self.c.data_dir,
+                **self.c.files(task),
                 max_length=self.s["max_length"], max_train_samples=samples,
                 max_eval_samples=self.s["max_eval_samples"],
                 validation_fraction=HELDOUT_FRACTION if heldout else None,
@@ -319,6 +370,9 @@ class _Run:
         if found is not None:
             return found
         study, config = self.best(task, label)
+        # the report reads the dev score after the last epoch only, and no generalisation gap:
+        # dev is not scored after the earlier epochs, nor is the training split
+        config = dataclasses.replace(config, eval_each_epoch=False, train_eval_samples=0)
         samples = size or self.s["max_train_samples"]
         data = self.data(task, samples=samples, heldout=False)
         where = f"{task} {label}" + (f" at {size} examples" if size else "")
@@ -332,7 +386,8 @@ class _Run:
                                 processes=self.c.processes, log=self.report.line,
                                 register=False, plots=False)
         cell = Cell(task, label, size, config.learning_rate, study, comparison.runs,
-                    comparison.parent_run_id, time.perf_counter() - start)
+                    comparison.parent_run_id, time.perf_counter() - start,
+                    data.task.main_metric)
         _save_cell(path, cell)
         return cell
 
@@ -369,9 +424,9 @@ def run(config: ReproduceConfig = ReproduceConfig(), *, phase: Callable[..., Any
         curve: list[Cell] = []
         if c.curve_task:
             from bitfit.data import load_splits
-            from bitfit.tasks import load_task
 
-            total = len(load_splits(load_task(c.curve_task), data_dir=c.data_dir)[1]["train"])
+            total = len(load_splits(c.task(c.curve_task), data_dir=c.data_dir,
+                                    **c.files(c.curve_task))[1]["train"])
             for size in curve_sizes(total, r.s["curve_sizes"]):
                 curve += [r.cell("curve", c.curve_task, label, size, r.s["curve_seeds"])
                           for label in CURVE_METHODS]
@@ -391,11 +446,9 @@ def run(config: ReproduceConfig = ReproduceConfig(), *, phase: Callable[..., Any
 def main_table(cells: list[Cell]) -> pd.DataFrame:
     """A row per (task, method): the main metric's mean, std and 95% interval over seeds, the
     trainable share and seconds per epoch."""
-    from bitfit.tasks import load_task
-
     rows = []
     for cell in cells:
-        metric = load_task(cell.task).main_metric
+        metric = cell.metric
         stats = summarise(cell.runs, (metric,)).iloc[0]  # the final evaluation's statistics
         rows.append({"task": cell.task, "method": cell.method, "size": cell.size,
                      "metric": metric, "seeds": int(stats["seeds"]),
@@ -455,14 +508,12 @@ def _share(part: list[float], whole: list[float], floor: list[float]) -> tuple[s
 def claims(main: list[Cell], curve: list[Cell]) -> list[dict[str, Any]]:
     """A row per claim and task (and one per claim over all tasks): the evidence, the test, its
     p-value and the verdict."""
-    from bitfit.tasks import load_task
-
     by = {(c.task, c.method, c.size): c for c in [*main, *curve]}
     rows: list[dict[str, Any]] = []
 
     def scores(task: str, method: str, size: int | None = None) -> list[float] | None:
         cell = by.get((task, method, size))
-        return cell.scores(load_task(task).main_metric) if cell else None
+        return cell.scores() if cell else None
 
     def add(claim: int, task: str, outcome: tuple[str, float, float], evidence: str,
             test: str) -> None:
@@ -472,7 +523,7 @@ def claims(main: list[Cell], curve: list[Cell]) -> list[dict[str, Any]]:
 
     tasks = list(dict.fromkeys(c.task for c in main))
     for task in tasks:
-        metric = load_task(task).main_metric
+        metric = next(c.metric for c in main if c.task == task)
         bitfit, full = scores(task, "bitfit"), scores(task, "full")
         qm2, frozen, rand = (scores(task, m) for m in ("bitfit_qm2", "frozen", "rand"))
         for claim, other in ((1, "full"), (2, "lora")):
@@ -708,6 +759,9 @@ def finish(r: _Run, main: list[Cell], curve: list[Cell], seconds: float) -> dict
              f"rates per method (a grid study on 10% carved from train), {s['seeds']} seeds; "
              + (f"dev capped at {s['max_eval_samples']} examples; " if s["max_eval_samples"]
                 else "whole dev sets; ") + f"{seconds / 60:.1f} minutes in this call.", "",
+             *([f"Custom task `{r.c.custom}`: trained on `{r.c.train_file}`, scored on "
+                f"`{r.c.dev_file}` ({'regression, Pearson' if r.c.regression else 'accuracy'})."
+                , ""] if r.c.own.given else []),
              "## Main table: dev score, mean ± std over seeds", "", _grid(table), "",
              _markdown_table(table, fmt), ""]
     if len(curve_table):

@@ -30,13 +30,17 @@ def reproduce_flow(tasks: tuple[str, ...] = reproduce.TASKS,
                    epochs: int | None = None, grid_points: int | None = None,
                    curve_task: str | None = "sst2", curve_sizes: tuple[int, ...] | None = None,
                    curve_seeds: int | None = None, model: str | None = None,
-                   pooling: str = "auto", data_dir: str | None = None, device: str = "auto",
+                   pooling: str = "auto", data_dir: str | None = None,
+                   train_file: str | None = None, dev_file: str | None = None,
+                   text_columns: str = "sentence", label_column: str = "label",
+                   regression: bool = False, columns: str | None = None, device: str = "auto",
                    processes: int = 1, name: str | None = None,
                    experiment: str = reproduce.EXPERIMENT, storage: str | None = None,
                    tracking_uri: str | None = None, home: str | None = None) -> dict:
     """Main table (tasks x methods x seeds, each method's learning rate from a small study),
     size curve, bias movement and the claims' verdicts; the report as an MLflow artifact and a
-    Prefect artifact. ``budget``: small (a 2-core CPU, at most an hour) or paper."""
+    Prefect artifact. ``budget``: small (a 2-core CPU, at most an hour) or paper. A task in
+    ``tasks`` that is not a GLUE task is read from ``train_file`` and ``dev_file``."""
     config = reproduce.ReproduceConfig.of(locals())
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     return reproduce.run(config, phase=orchestrate.as_task,

@@ -1,11 +1,13 @@
 """``bitfit reproduce`` on a tiny budget: the MLflow runs, the report's tables against them, the
-heatmap's shape, the claims' verdicts against the numbers, and a second call that resumes."""
+heatmap's shape, the claims' verdicts against the numbers, and a second call that resumes. Its
+second task is a custom one: STS-B's sentence pairs from files of the user's own."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -19,14 +21,15 @@ from bitfit.report import SeedRun
 from bitfit.reproduce import Cell, ReproduceConfig
 from tests.conftest import ROOT
 
-TASKS = ("sst2", "stsb")
-METRIC = {"sst2": "accuracy", "stsb": "pearson"}
+TASKS = ("sst2", "pairs")  # pairs: a custom regression task (STS-B's rows in CSV files)
+METRIC = {"sst2": "accuracy", "pairs": "pearson"}
 
 
 FLAGS = ["--tasks", ",".join(TASKS), "--seeds", "2", "--max-train-samples", "32",
          "--max-eval-samples", "32", "--epochs", "1", "--grid-points", "1",
          "--curve-task", "sst2", "--curve-sizes", "8,16,32", "--curve-seeds", "1",
-         "--processes", "1", "--device", "cpu", "--name", "tiny"]
+         "--processes", "1", "--device", "cpu", "--name", "tiny",
+         "--text-columns", "sentence1,sentence2", "--regression"]
 
 
 def _tiny(home, glue_dir) -> ReproduceConfig:
@@ -34,19 +37,33 @@ def _tiny(home, glue_dir) -> ReproduceConfig:
     return ReproduceConfig(tasks=TASKS, budget="small", seeds=2, max_train_samples=32,
                            max_eval_samples=32, epochs=1, grid_points=1, curve_task="sst2",
                            curve_sizes=(8, 16, 32), curve_seeds=1, data_dir=str(glue_dir),
-                           processes=1, home=str(home), device="cpu", name="tiny")
+                           processes=1, home=str(home), device="cpu", name="tiny",
+                           text_columns="sentence1,sentence2", regression=True,
+                           **_own_files(home))
+
+
+def _own_files(home) -> dict[str, str]:
+    return {"train_file": str(home / "pairs_train.csv"), "dev_file": str(home / "pairs_dev.csv")}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, glue_dir):
     """The flow on a tiny budget, as a user starts it: 2 tasks x all methods x 2 seeds, and a
     3-point size curve (one seed a point)."""
+    from bitfit.data import load_splits
+    from bitfit.tasks import load_task
+
     home = tmp_path_factory.mktemp("reproduce")
+    files = _own_files(home)
+    _, frames = load_splits(load_task("stsb"), data_dir=glue_dir)
+    frames["train"].head(200).to_csv(files["train_file"], index=False)
+    frames["validation"].head(200).to_csv(files["dev_file"], index=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("BITFIT_OPTUNA_STORAGE", None)
     out = subprocess.run([sys.executable, str(ROOT / "flows" / "reproduce.py"), *FLAGS,
-                          "--data-dir", str(glue_dir), "--home", str(home), "--json"],
+                          "--data-dir", str(glue_dir), "--home", str(home), "--json",
+                          "--train-file", files["train_file"], "--dev-file", files["dev_file"]],
                          capture_output=True, text=True, env=env, cwd=home, timeout=900)
     assert out.returncode == 0, out.stderr[-5000:]
     return _tiny(home, glue_dir), json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
@@ -105,6 +122,8 @@ def test_the_report_tables_are_the_mlflow_runs(tiny_run):
     assert set(curve["method"]) == set(reproduce.CURVE_METHODS)
     report = summary["markdown"]
     assert "all-MiniLM-L6-v2" in report and "sentence-embedding" in report
+    assert "Custom task `pairs`: trained on" in report
+    assert set(zip(table["task"], table["metric"], strict=False)) == set(METRIC.items())
     for row in table.itertuples():  # every cell of the tasks x methods grid is in the report
         assert f"{row.mean:.4f} ± {row.std:.4f}" in report
 
@@ -171,14 +190,14 @@ def test_an_interrupted_run_trains_only_the_cells_it_had_not_finished(tiny_run):
     # a cell whose file is missing is one the run had not finished when it was stopped
     config, summary, _ = tiny_run
     folder = reproduce.Path(summary["report"]).parent
-    (folder / "cells" / "main-stsb-lora.json").unlink()
+    (folder / "cells" / "main-pairs-lora.json").unlink()
     _, before = _runs(summary)
     again = reproduce.run(config, report=_Silent())
     _, after = _runs(again)
     new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
     assert sorted(r.data.tags.get("seed", "parent") for r in new) == ["0", "1", "parent"]
     assert {r.data.tags["method"] for r in new if "seed" in r.data.tags} == {"lora"}
-    assert (folder / "cells" / "main-stsb-lora.json").is_file()
+    assert (folder / "cells" / "main-pairs-lora.json").is_file()
     assert len(again["main_table"]) == len(summary["main_table"])
 
 
@@ -190,7 +209,7 @@ class _Silent(reproduce.Report):
 def _cell(task, method, scores, size=None):
     runs = [SeedRun(method, i, {METRIC[task]: s}, {}, [s], 1, 0.001, 4, 400, 1.0, 1.0)
             for i, s in enumerate(scores)]
-    return Cell(task, method, size, 1e-3, "study", runs, None, 1.0)
+    return Cell(task, method, size, 1e-3, "study", runs, None, 1.0, METRIC[task])
 
 
 def test_claim_rules_on_known_numbers():
@@ -230,7 +249,16 @@ def test_crossing_and_curve_sizes():
     ({"tasks": ("sst2", "nope")}, "unknown task 'nope'"),
     ({"seeds": 0}, "--seeds must be a whole number of 1 or more"),
     ({"curve_sizes": (1,)}, "--curve-sizes must be a whole number of 2 or more"),
+    ({"tasks": ("sst2", "mine", "yours")}, "--tasks names 2 tasks that are not GLUE tasks "
+                                             "(mine, yours)"),
+    ({"train_file": "a.csv", "dev_file": "b.csv"}, "--train-file a.csv is given but --tasks "
+                                                   "names no custom task"),
+    ({"tasks": ("sst2", "mine"), "train_file": "a.csv", "dev_file": "b.csv"},
+     "data file 'a.csv' does not exist"),
+    ({"tasks": ("mine",), "train_file": "a.csv"}, "a custom task needs both --train-file and "
+                                                  "--dev-file"),
 ])
 def test_bad_settings_fail_in_one_sentence_before_anything_loads(tmp_path, change, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    # ValueError, or DataSourceError (an OSError) for a file that is not there
+    with pytest.raises((ValueError, OSError), match=re.escape(message)):
         reproduce.check(ReproduceConfig(home=str(tmp_path), **change))
