@@ -244,3 +244,22 @@ def test_bf16_with_the_frozen_weights_cast_once_trains_exactly_as_autocast_alone
         assert model.head.weight.dtype == torch.float32
     model.head.weight.requires_grad_(False)
     assert model.encoder.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 30), (10, 10)])
+def test_the_schedule_is_transformers_linear_warmup_step_for_step(warmup, total):
+    from transformers import get_linear_schedule_with_warmup
+
+    from bitfit.train import linear_schedule
+
+    def rates(make):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = make(optimizer, warmup, total)
+        seen = []
+        for _ in range(total + 2):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert rates(linear_schedule) == rates(get_linear_schedule_with_warmup)
