@@ -105,6 +105,19 @@ def test_tokenised_splits_are_cached_and_reused_without_tokenising(base, glue_di
     assert first.lengths.max() == 64 and longer.lengths.max() > 64
 
 
+def test_the_tokenizer_fingerprint_ignores_per_call_settings_and_sees_a_new_token(base):
+    import copy
+
+    from bitfit.data import tokenizer_fingerprint
+
+    tokenizer = copy.deepcopy(base.tokenizer)
+    first = tokenizer_fingerprint(tokenizer)
+    tokenizer(["a b c d e f"], truncation=True, max_length=3, padding="max_length")
+    assert tokenizer_fingerprint(tokenizer) == first  # remembered truncation is no identity
+    tokenizer.add_tokens(["bitfitword"])
+    assert tokenizer_fingerprint(tokenizer) != first
+
+
 def test_a_damaged_cache_file_is_tokenised_again_not_an_error(base, glue_dir, tmp_path):
     task, frames = load_splits(load_task("rte"), data_dir=glue_dir)
     first = encode(task, frames["validation"], base.tokenizer, max_length=64, cache_dir=tmp_path)
