@@ -137,13 +137,16 @@ def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_i
     assert killed[0].data.tags["fail_reason"].startswith("interrupted")
 
 
-def test_two_processes_on_one_new_home_share_a_study_without_repeating_draws(glue_dir,
-                                                                             tmp_path):
-    runs = [_search(glue_dir, tmp_path, "--n-trials", "4", "--max-train-samples", "200",
-                    "--study-name", "shared") for _ in range(2)]
+def test_three_processes_on_one_new_home_share_a_study_without_repeating_draws(glue_dir,
+                                                                               tmp_path):
+    # all three race to create the home's databases and experiment; two share study "shared",
+    # the third runs a study of its own
+    runs = [_search(glue_dir, tmp_path, "--n-trials", str(n), "--max-train-samples", "200",
+                    "--study-name", name) for name, n in (("shared", 4), ("shared", 4),
+                                                          ("other", 1))]
     results = [r.communicate(timeout=600) for r in runs]
 
-    assert [r.returncode for r in runs] == [0, 0], \
+    assert [r.returncode for r in runs] == [0, 0, 0], \
         "\n-----\n".join(err[-6000:] for _, err in results)
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/optuna.db")
     ran = [t for t in study.trials if t.state in FINISHED]
@@ -152,19 +155,12 @@ def test_two_processes_on_one_new_home_share_a_study_without_repeating_draws(glu
     assert len({t.user_attrs["owner"] for t in study.trials}) == 2  # both took part
     assert all("over the study's budget" in t.user_attrs.get("fail_reason", "")
                for t in study.trials if t.state == TrialState.FAIL)
-
-
-def test_two_processes_on_one_new_home_with_different_studies_both_finish(glue_dir, tmp_path):
-    runs = [_search(glue_dir, tmp_path, "--n-trials", "1", "--max-train-samples", "200",
-                    "--study-name", name) for name in ("a", "b")]
-    results = [r.communicate(timeout=600) for r in runs]
-
-    assert [r.returncode for r in runs] == [0, 0], \
-        "\n-----\n".join(err[-3000:] for _, err in results)
+    other = optuna.load_study(study_name="other", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len([t for t in other.trials if t.state in FINISHED]) == 1
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parents = client.search_runs([client.get_experiment_by_name("cola").experiment_id],
                                  filter_string="tags.`bitfit.kind` = 'search'")
-    assert sorted(r.data.tags["bitfit.study"] for r in parents) == ["a", "b"]
+    assert sorted(r.data.tags["bitfit.study"] for r in parents) == ["other", "shared"]
 
 
 @pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="PostgreSQL is not installed")
@@ -216,5 +212,7 @@ def test_an_unanswering_database_or_tracking_server_fails_in_seconds(glue_dir, t
             out, err = process.communicate(timeout=120)
             took = time.monotonic() - started
 
-            assert process.returncode == 2 and took < 15, (took, err[-2000:])
+            # the 5 s connect timeout (libpq tries twice: with SSL, then without), on top of
+            # the process's start; a store that does not answer would hang a run for minutes
+            assert process.returncode == 2 and took < 25, (took, err[-2000:])
             assert f"error: cannot reach the {what}" in err and "Traceback" not in err
