@@ -534,15 +534,19 @@ def claims(main: list[Cell], curve: list[Cell]) -> list[dict[str, Any]]:
                     f"{np.mean(theirs):.4f} {metric} ({outcome[1]:+.4f})", f"{other} > bitfit")
         if qm2 and bitfit and frozen:
             outcome = _share(qm2, bitfit, frozen)
-            add(3, task, outcome, f"main table: qm2 keeps {outcome[1]:.0%} of bitfit's gain over "
-                f"frozen ({np.mean(qm2):.4f} vs {np.mean(bitfit):.4f}, frozen "
-                f"{np.mean(frozen):.4f})", "qm2 > frozen")
+            kept = (f"keeps {outcome[1]:.0%} of bitfit's gain over frozen" if
+                    not math.isnan(outcome[1]) else "has no gain of bitfit's to keep: bitfit "
+                    "does not beat frozen")
+            add(3, task, outcome, f"main table: qm2 {kept} ({np.mean(qm2):.4f} vs "
+                f"{np.mean(bitfit):.4f}, frozen {np.mean(frozen):.4f})", "qm2 > frozen")
         if bitfit and full and frozen:
             outcome = _share(bitfit, full, frozen)
             extra = (f"; rand {np.mean(rand):.4f}, p(bitfit > rand) = "
                      f"{one_sided(bitfit, rand):.4f}" if rand else "")
-            add(4, task, outcome, f"main table: bitfit (0.1% of the weights) gets "
-                f"{outcome[1]:.0%} of full fine-tuning's gain over frozen{extra}",
+            gets = (f"gets {outcome[1]:.0%} of full fine-tuning's gain over frozen" if
+                    not math.isnan(outcome[1]) else "has no gain to share: full fine-tuning "
+                    f"({np.mean(full):.4f}) does not beat frozen ({np.mean(frozen):.4f})")
+            add(4, task, outcome, f"main table: bitfit (0.1% of the weights) {gets}{extra}",
                 "bitfit > frozen")
     if curve:
         task = curve[0].task
@@ -671,16 +675,34 @@ def _layer_columns(layers: list[int]) -> dict[str, Callable[[Any], str]]:
     return columns
 
 
-def _grid(table: pd.DataFrame) -> str:
-    """Tasks x methods, mean ± std of the main metric."""
+def _grid(table: pd.DataFrame, majority: dict[str, float]) -> str:
+    """Tasks x methods, mean ± std of the main metric, after the majority class's score."""
     methods = list(dict.fromkeys(table["method"]))
-    lines = ["| task (metric) | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    lines = ["| task (metric) | majority class | " + " | ".join(methods) + " |",
+             "|" + "---|" * (len(methods) + 2)]
     for task, rows in table.groupby("task", sort=False):
         by = rows.set_index("method")
         cells = [f"{by.loc[m, 'mean']:.4f} ± {by.loc[m, 'std']:.4f}" if m in by.index else ""
                  for m in methods]
-        lines.append(f"| {task} ({rows['metric'].iloc[0]}) | " + " | ".join(cells) + " |")
+        floor = majority.get(str(task), math.nan)
+        lines.append(f"| {task} ({rows['metric'].iloc[0]}) | "
+                     f"{'–' if math.isnan(floor) else f'{floor:.4f}'} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines)
+
+
+def majority_score(data: TaskData) -> float:
+    """The main metric on the selection split of always predicting the training split's most
+    frequent label: what a model that learnt only the label prior scores (NaN for regression,
+    where a constant has no correlation)."""
+    from bitfit.metrics import compute_metrics
+
+    if data.task.is_regression:
+        return math.nan
+    labels = data.evals[data.selection_split].labels
+    common = np.bincount(data.train.labels.astype(int)).argmax()
+    return float(compute_metrics(data.task, np.full(len(labels), common), labels)[
+        data.task.main_metric])
 
 
 def _plot_curve(curve: pd.DataFrame, path: Path) -> None:
@@ -732,6 +754,8 @@ def finish(r: _Run, main: list[Cell], curve: list[Cell], seconds: float) -> dict
     matrix = movement_matrix(movement) if len(movement) else pd.DataFrame()
     ranked = ranking(movement) if len(movement) else pd.DataFrame()
     verdicts = claims(main, curve)
+    majority = {task: majority_score(r.data(task, samples=s["max_train_samples"], heldout=False))
+                for task in dict.fromkeys(c.task for c in main)}
     folder = r.folder
     table.to_csv(folder / "main_table.csv", index=False)
     pd.DataFrame(verdicts).to_csv(folder / "claims.csv", index=False)
@@ -762,7 +786,9 @@ def finish(r: _Run, main: list[Cell], curve: list[Cell], seconds: float) -> dict
              *([f"Custom task `{r.c.custom}`: trained on `{r.c.train_file}`, scored on "
                 f"`{r.c.dev_file}` ({'regression, Pearson' if r.c.regression else 'accuracy'})."
                 , ""] if r.c.own.given else []),
-             "## Main table: dev score, mean ± std over seeds", "", _grid(table), "",
+             "## Main table: dev score, mean ± std over seeds", "", _grid(table, majority), "",
+             "*majority class*: always predicting the training split's most frequent label; a "
+             "method near it has learnt little beyond the label prior.", "",
              _markdown_table(table, fmt), ""]
     if len(curve_table):
         lines += [f"## Data-size curve: {curve_table['task'].iloc[0]}", "",
@@ -801,7 +827,7 @@ def finish(r: _Run, main: list[Cell], curve: list[Cell], seconds: float) -> dict
                "tracking_uri": mask_url(r.tracker.tracking_uri), "seconds": seconds,
                "main_table": table.to_dict(orient="records"),
                "size_curve": curve_table.to_dict(orient="records"), "crossing": cross,
-               "bias_ranking": ranked.to_dict(orient="records"),
+               "bias_ranking": ranked.to_dict(orient="records"), "majority": majority,
                "claims": verdicts, "settings": s, "home": r.c.home}
     (folder / "summary.json").write_text(json.dumps(
         {k: v for k, v in summary.items() if k != "markdown"}, indent=1, default=str))

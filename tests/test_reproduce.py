@@ -123,6 +123,8 @@ def test_the_report_tables_are_the_mlflow_runs(tiny_run):
     report = summary["markdown"]
     assert "all-MiniLM-L6-v2" in report and "sentence-embedding" in report
     assert "Custom task `pairs`: trained on" in report
+    assert "| majority class |" in report and math.isnan(summary["majority"]["pairs"])
+    assert 0 < summary["majority"]["sst2"] < 1
     assert set(zip(table["task"], table["metric"], strict=False)) == set(METRIC.items())
     for row in table.itertuples():  # every cell of the tasks x methods grid is in the report
         assert f"{row.mean:.4f} ± {row.std:.4f}" in report
@@ -225,8 +227,32 @@ def test_claim_rules_on_known_numbers():
     assert rows[(3, "sst2")]["verdict"] == "holds"
     assert rows[(4, "sst2")]["verdict"] == "holds"  # (0.75-0.51)/(0.91-0.51) = 60%
     assert rows[(1, "all")]["verdict"] == "fails"
+    below = [_cell("sst2", "full", [0.50, 0.49, 0.51]), _cell("sst2", "bitfit", [0.40, 0.41, 0.42]),
+             _cell("sst2", "bitfit_qm2", [0.6, 0.61, 0.62]),
+             _cell("sst2", "frozen", [0.50, 0.51, 0.52])]  # nobody gains over frozen
+    rows = {r["claim"]: r for r in reproduce.claims(below, []) if r["task"] == "sst2"}
+    assert rows[3]["verdict"] == rows[4]["verdict"] == "inconclusive"
+    assert "qm2 has no gain of bitfit's to keep" in rows[3]["evidence"]
+    assert "full fine-tuning (0.5000) does not beat frozen (0.5100)" in rows[4]["evidence"]
+    assert "nan" not in rows[3]["evidence"] + rows[4]["evidence"]
     noisy = [_cell("sst2", "full", [0.2, 0.9]), _cell("sst2", "bitfit", [0.1, 0.8])]
     assert reproduce.claims(noisy, [])[0]["verdict"] == "inconclusive"
+
+
+def test_the_majority_class_score_is_the_constant_prediction_of_the_commonest_label():
+    from types import SimpleNamespace
+
+    from bitfit.tasks import load_task
+
+    def data(task, train, dev):
+        return SimpleNamespace(task=load_task(task), train=SimpleNamespace(labels=np.array(train)),
+                               evals={"validation": SimpleNamespace(labels=np.array(dev))},
+                               selection_split="validation")
+
+    # MRPC's F1 of always saying "paraphrase": precision 3/4, recall 1
+    assert reproduce.majority_score(data("mrpc", [1, 1, 0], [1, 1, 1, 0])) == pytest.approx(6 / 7)
+    assert reproduce.majority_score(data("sst2", [0, 0, 1], [1, 0, 0, 0, 1])) == 0.6
+    assert math.isnan(reproduce.majority_score(data("stsb", [1.0, 2.0], [3.0, 4.0])))
 
 
 def test_crossing_and_curve_sizes():
