@@ -18,7 +18,9 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
         [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
          str(glue_dir), "--space", "quick", "--n-trials", "2", "--max-train-samples", "200",
          "--home", str(tmp_path), "--json", "--baseline-space", "full_ft_quick", "--seeds", "2",
-         "--storage", f"sqlite:///{tmp_path}/optuna.db"],
+         # the final evaluation's seeds in this process: its process pool is tested in
+         # tests/test_compare.py, and starting two more processes took a quarter of this test
+         "--eval-processes", "1", "--storage", f"sqlite:///{tmp_path}/optuna.db"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
     assert out.returncode == 0, out.stderr[-3000:]
