@@ -7,7 +7,6 @@ into the ``bitfit.pipeline.Config`` they ask for.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from bitfit.models import POOLINGS
 from bitfit.pipeline import EXTRA_METHODS, Config, OwnData
@@ -53,7 +52,7 @@ def own_data_arguments(parser: argparse.ArgumentParser, *, test_help: str | None
 
 def own_data(args: argparse.Namespace) -> OwnData:
     """The own-data flags as the pipeline's ``OwnData``."""
-    return OwnData(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OwnData)})
+    return OwnData.of(args)
 
 
 def config(args: argparse.Namespace) -> Config:

@@ -49,6 +49,12 @@ class OwnData:
     columns: str | None = None  # comma-separated names for files without a header row
     test_file: str | None = None  # scored by the final evaluation only; never selected on
 
+    @classmethod
+    def of(cls, source: Any) -> OwnData:
+        """The own-data fields of a config or parsed flags (one it lacks keeps its default)."""
+        return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)
+                      if hasattr(source, f.name)})
+
     @property
     def given(self) -> bool:
         return bool(self.train_file or self.dev_file or self.test_file)
@@ -120,8 +126,7 @@ class Config:
 
     @property
     def own(self) -> OwnData:
-        return OwnData(self.train_file, self.dev_file, self.text_columns, self.label_column,
-                       self.regression, self.columns, self.test_file)
+        return OwnData.of(self)
 
     def resolved(self) -> Config:
         """The home as a path ($BITFIT_HOME, else ./runs) and the quick preset's spaces."""

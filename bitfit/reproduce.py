@@ -146,17 +146,21 @@ class ReproduceConfig:
     @property
     def own(self) -> OwnData:
         """The custom task's files and columns (``given`` is False without one)."""
-        return OwnData(self.train_file, self.dev_file, self.text_columns, self.label_column,
-                       self.regression, self.columns)
+        return OwnData.of(self)
+
+    @property
+    def customs(self) -> list[str]:
+        """The names among ``tasks`` and ``curve_task`` that are not GLUE tasks (one at most
+        is valid: ``check``)."""
+        from bitfit.tasks import is_glue_task
+
+        named = (*self.tasks, *([self.curve_task] if self.curve_task else []))
+        return sorted({t for t in named if not is_glue_task(t)})
 
     @property
     def custom(self) -> str | None:
-        """The name of the custom task among ``tasks`` and ``curve_task``, if any."""
-        from bitfit.tasks import GLUE_TASKS
-
-        names = [t for t in (*self.tasks, self.curve_task or "")
-                 if t and t.lower().replace("-", "") not in GLUE_TASKS]
-        return names[0] if names else None
+        """The name of the custom task, if any."""
+        return self.customs[0] if self.customs else None
 
     def task(self, name: str) -> Task:
         """A task of this reproduction: the custom one from its files, else GLUE's."""
@@ -187,16 +191,13 @@ def check(config: ReproduceConfig) -> ReproduceConfig:
     from bitfit.compare import check_not_starting
     from bitfit.entry import at_least, positive
     from bitfit.settings import home_dir
-    from bitfit.tasks import GLUE_TASKS
-
     check_not_starting()
     if config.budget not in BUDGETS:
         raise ValueError(f"--budget must be one of {', '.join(BUDGETS)}, got {config.budget!r}")
     tasks = tuple(config.tasks)
     if not tasks:
         raise ValueError("--tasks names no task: give at least one, e.g. --tasks sst2,rte")
-    named = (*tasks, *([config.curve_task] if config.curve_task else []))
-    custom = sorted({t for t in named if t.lower().replace("-", "") not in GLUE_TASKS})
+    custom = config.customs
     if len(custom) > 1:
         raise ValueError(f"--tasks names {len(custom)} tasks that are not GLUE tasks "
                          f"({', '.join(custom)}): one call reads one custom task's files; "
@@ -204,7 +205,7 @@ def check(config: ReproduceConfig) -> ReproduceConfig:
     if config.own.given and not custom:
         raise ValueError(f"--train-file {config.train_file} is given but --tasks names no "
                          "custom task: add a name for it, e.g. --tasks sst2,mydata")
-    for task in named:
+    for task in (*tasks, *([config.curve_task] if config.curve_task else [])):
         config.task(task)  # a GLUE name, or the custom task whose files and columns exist
     methods = tuple(config.methods)
     unknown = [m for m in methods if m not in METHODS]

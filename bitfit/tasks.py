@@ -92,19 +92,27 @@ GLUE_TASKS: dict[str, Task] = {
 }
 
 
+def is_glue_task(name: str) -> bool:
+    """Whether ``name`` names a GLUE task (case-insensitive, ``sst-2`` too)."""
+    return _key(name) in GLUE_TASKS
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "")
+
+
 def load_task(name: str) -> Task:
     """Look up a GLUE task by name (``cola``, ``sst2``, ..., case-insensitive, ``sst-2`` too).
 
     Raises:
         ValueError: the name is not a GLUE task.
     """
-    key = name.lower().replace("-", "")
-    if key not in GLUE_TASKS:
+    if not is_glue_task(name):
         raise ValueError(
             f"unknown task {name!r}: use one of {', '.join(GLUE_TASKS)}, or give --train-file "
             f"and --dev-file for a custom task"
         )
-    return GLUE_TASKS[key]
+    return GLUE_TASKS[_key(name)]
 
 
 def custom_task(
