@@ -10,6 +10,7 @@ one's own (``benchmarks/step_time.py`` times the step).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import platform
 import resource
@@ -32,6 +33,7 @@ from bitfit.metrics import compute_metrics, predictions_from_logits
 from bitfit.models import BaseModel, TextClassifier
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64  # faster than 128 on a CPU (benchmarks/cpu_paths.py)
     warmup_ratio: float = 0.1
+    schedule: str = "linear"  # after the warmup: linear decay to 0, or constant
+    max_steps: int | None = None  # optimiser steps; when set it replaces epochs
+    train_samples: int | None = None  # a sample of the training split drawn with `seed`
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     dropout: float | None = None  # None: the checkpoint's own dropout
@@ -69,6 +74,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.schedule!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.train_samples is not None and self.train_samples < 1:
+            raise ValueError(f"train_samples must be >= 1, got {self.train_samples}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1 step, got {self.eval_every}")
         if self.train_eval_samples < 0:
@@ -312,8 +324,9 @@ def train(
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
     reset_peak_memory(dev)
+    data = seed_sample(data, config)
     model, trained, masks = _prepare_model(base, data, config, dev)
-    total_steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+    total_steps = total_steps_of(config, len(data.train))
     optimizer, scheduler, hooks = configure_optimizer(trained, masks, config,
                                                       total_steps=total_steps, device=dev)
     pad_id = base.tokenizer.pad_token_id or 0
@@ -375,6 +388,46 @@ def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[N
             weight.data = value
 
 
+SAMPLE_SALT = 7_919  # a seed's training sample is drawn apart from its other random streams
+
+
+def seed_sample(data: TaskData, config: TrainConfig) -> TaskData:
+    """``data`` with its training split cut to ``config.train_samples`` rows drawn with
+    ``config.seed`` (unchanged without it, or when the split is no larger): each seed of a final
+    evaluation trains on its own sample, and runs of different methods with the same seed on the
+    same one, so their scores pair by seed."""
+    n = len(data.train)
+    if config.train_samples is None or config.train_samples >= n:
+        return data
+    rows = np.random.default_rng([SAMPLE_SALT, config.seed]).permutation(n)
+    return dataclasses.replace(data, train=data.train.take(np.sort(rows[: config.train_samples])))
+
+
+def total_steps_of(config: TrainConfig, train_rows: int) -> int:
+    """Optimiser steps of a run: ``max_steps`` when set, else every batch of every epoch."""
+    if config.max_steps is not None:
+        return config.max_steps
+    return math.ceil(train_rows / config.batch_size) * config.epochs
+
+
+def lr_sum(config: TrainConfig, train_rows: int) -> float:
+    """The sum of the learning rate over every step of a run: with Adam no coordinate moves
+    much further than this, so a tensor's change divided by it says how much of the allowed
+    movement it used (1: the same direction at every step; near 0: no signal)."""
+    total = total_steps_of(config, train_rows)
+    warmup = int(config.warmup_ratio * total)
+    steps = np.arange(total, dtype=np.float64)
+    factor = np.where(steps < warmup, steps / max(1, warmup),
+                      1.0 if config.schedule == "constant"
+                      else np.maximum(0.0, (total - steps) / max(1, total - warmup)))
+    return float(config.learning_rate * np.sum(factor))
+
+
+def epochs_of(config: TrainConfig, train_rows: int) -> float:
+    """Passes over the training split that a run makes (a fraction with ``max_steps``)."""
+    return total_steps_of(config, train_rows) / math.ceil(train_rows / config.batch_size)
+
+
 def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device: torch.device
                    ) -> tuple[TextClassifier, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The classifier on ``device`` with the method's tensors trainable; those tensors by name in
@@ -416,7 +469,8 @@ def configure_optimizer(
     total_steps: int,
     device: torch.device,
 ) -> tuple[torch.optim.AdamW, LambdaLR, list[RemovableHandle]]:
-    """AdamW over the trained tensors with linear warmup and decay to 0 over ``total_steps``.
+    """AdamW over the trained tensors: a linear warmup over ``warmup_ratio`` of ``total_steps``,
+    then linear decay to 0 at ``total_steps`` or (``schedule`` constant) the rate held.
 
     Weight decay applies to matrices only, and not to rand's masked ones. For rand, gradient hooks
     mask each tensor's gradient; the caller removes them (``handle.remove()``) when it is done.
@@ -424,7 +478,7 @@ def configure_optimizer(
     Args:
         trained: the trained tensors by name in the classifier (``encoder.…``, ``head.…``).
         masks: rand's 0/1 masks by encoder tensor name, on the tensors' device; empty otherwise.
-        config: learning rate, weight decay and warmup ratio.
+        config: learning rate, weight decay, warmup ratio and schedule.
         total_steps: optimiser steps of the whole run.
         device: where the tensors are (AdamW's fused kernels exist for CPU and CUDA).
     """
@@ -441,21 +495,25 @@ def configure_optimizer(
          {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate, fused=device.type in ("cpu", "cuda"),
     )
-    scheduler = linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    scheduler = linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps,
+                                decay=config.schedule == "linear")
     return optimizer, scheduler, hooks
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-                    ) -> LambdaLR:
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    *, decay: bool = True) -> LambdaLR:
     """The learning rate rising linearly from 0 over ``warmup_steps``, then falling linearly to 0
     at ``total_steps``: transformers' ``get_linear_schedule_with_warmup``, step for step. Its
     import (``transformers.trainer_utils``, which imports PEFT when installed) made every
     command slow to start: ``python flows/search.py --help`` took 8.1 s with it, 6.7 s
     without. A run that loads the model imports most of it anyway (a one-trial search: 25.4 s
-    before, 25.2 s after)."""
+    before, 25.2 s after). Without ``decay`` the rate stays at its peak after the warmup
+    (transformers' ``get_constant_schedule_with_warmup``)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return step / max(1, warmup_steps)
+        if not decay:
+            return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return LambdaLR(optimizer, factor)
@@ -523,13 +581,16 @@ def _train_loop(
     bar: tqdm,
 ) -> _LoopState:
     """Every epoch's steps, an evaluation every ``eval_every`` steps and at each epoch's end
-    (the last one's only without ``eval_each_epoch``), until the epochs are done, the loss
-    diverges or the callback stops the run."""
+    (the last one's only without ``eval_each_epoch``), until the epochs (or ``max_steps``) are
+    done, the loss diverges or the callback stops the run. A run of ``max_steps`` ends with an
+    evaluation wherever in an epoch its last step falls."""
     state = _LoopState()
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    total = total_steps_of(config, len(data.train))
     params = list(trained.values())
     model.train()
-    for epoch in range(config.epochs):
+    epoch = 0
+    while state.step < total:
         batches = train_batches(data.train, config.batch_size, seed=config.seed, epoch=epoch,
                                 group_by_length=config.group_by_length)
         tick = time.perf_counter()
@@ -547,8 +608,9 @@ def _train_loop(
             state.seen += len(rows)
             state.loss_sum, state.loss_n = state.loss_sum + loss, state.loss_n + 1
             bar.update(1)
-            epoch_end = i == len(batches)
-            evaluate_now = (epoch_end and (config.eval_each_epoch or epoch == config.epochs - 1)
+            last = state.step == total
+            epoch_end = i == len(batches) or last
+            evaluate_now = (last or epoch_end and config.eval_each_epoch
                             or bool(config.eval_every and state.step % config.eval_every == 0))
             if not evaluate_now:
                 if epoch_end:  # the next epoch starts its own clock
@@ -557,13 +619,15 @@ def _train_loop(
             state.train_time += time.perf_counter() - tick
             evaluation = _evaluate_and_keep_best(
                 state, model, data, config, trained, pad_id=pad_id, device=device,
-                precision=precision,
-                epoch=float(epoch + 1) if epoch_end else state.step / steps_per_epoch)
+                precision=precision, epoch=state.step / steps_per_epoch)
             bar.set_postfix({data.task.main_metric: f"{evaluation.main:.4f}"})
             if callback is not None and callback(evaluation):
                 state.status = "stopped"
                 return state
+            if last:
+                return state
             tick = time.perf_counter()
+        epoch += 1
     return state
 
 

@@ -252,14 +252,69 @@ def test_the_schedule_is_transformers_linear_warmup_step_for_step(warmup, total)
 
     from bitfit.train import linear_schedule
 
-    def rates(make):
-        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        scheduler = make(optimizer, warmup, total)
-        seen = []
-        for _ in range(total + 2):
-            seen.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return seen
+    assert _rates(lambda o: linear_schedule(o, warmup, total), total) == _rates(
+        lambda o: get_linear_schedule_with_warmup(o, warmup, total), total)
 
-    assert rates(linear_schedule) == rates(get_linear_schedule_with_warmup)
+
+def _rates(make, total):
+    """The learning rate at each of ``total`` + 2 steps of the scheduler ``make(optimizer)``."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = make(optimizer)
+    seen = []
+    for _ in range(total + 2):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 30), (10, 10)])
+def test_the_constant_schedule_is_transformers_constant_after_warmup(warmup, total):
+    from transformers import get_constant_schedule_with_warmup
+
+    from bitfit.train import linear_schedule
+
+    ours = _rates(lambda o: linear_schedule(o, warmup, total, decay=False), total)
+    assert ours == _rates(lambda o: get_constant_schedule_with_warmup(o, warmup), total)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_the_summed_learning_rate_is_what_the_scheduler_hands_out(schedule):
+    from bitfit.train import lr_sum
+
+    config = TrainConfig(learning_rate=2e-3, max_steps=37, warmup_ratio=0.2, schedule=schedule)
+    trained = {"head.bias": torch.zeros(2, requires_grad=True)}
+    optimizer, scheduler, _ = configure_optimizer(trained, {}, config, total_steps=37,
+                                                  device=torch.device("cpu"))
+    handed = 0.0
+    for _ in range(37):
+        handed += optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    assert lr_sum(config, train_rows=1000) == pytest.approx(handed)
+
+
+def test_a_step_budget_runs_that_many_steps_across_epochs_and_scores_the_last(base, cola_small):
+    # 160 rows at batch 32: 5 steps an epoch, so 12 steps end inside the third epoch
+    seen = []
+    result = train(base, cola_small, TrainConfig(max_steps=12, batch_size=32, epochs=1,
+                                                 learning_rate=1e-3, eval_every=5),
+                   callback=lambda e: seen.append(e.step), progress=False)
+    assert result.status == "completed"
+    assert seen == [5, 10, 12]  # each epoch's end (= every 5 steps) and the last step
+    assert result.evaluations[-1].epoch == pytest.approx(12 / 5)
+
+
+def test_each_seed_trains_on_its_own_sample_and_methods_share_it(base, cola_small):
+    from bitfit.train import seed_sample
+
+    def rows(seed: int, method: str = "bitfit"):
+        config = TrainConfig(method=method, train_samples=100, seed=seed)
+        return seed_sample(cola_small, config).train
+
+    first, again, other = rows(0), rows(0, "full"), rows(1)
+    assert len(first) == 100
+    assert np.array_equal(first.ids, again.ids)  # same seed, another method: the same rows
+    assert not np.array_equal(first.ids, other.ids)
+    whole = seed_sample(cola_small, TrainConfig(train_samples=10_000)).train
+    assert whole is cola_small.train  # asking for more rows than there are keeps them all
