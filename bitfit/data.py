@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from bitfit.tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
 HELDOUT = "heldout"  # the name of a validation split carved out of train
+HELDOUT_MIN = 500  # a study's held-out split has at least this many rows, where the data allow
+HELDOUT_FRACTION = 0.1  # ... or this share of the training rows it uses, whichever is larger
 TEST_SPLIT = "test"  # a custom task's --test-file: scored by the final evaluation only
 
 
@@ -488,11 +491,24 @@ def subsample(frame: pd.DataFrame, n: int | None, *, seed: int = 0) -> pd.DataFr
     return frame.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
+def heldout_size(total: int, samples: int | None = None) -> int:
+    """How many training rows a study holds out to select on: ``HELDOUT_MIN`` or
+    ``HELDOUT_FRACTION`` of the rows it trains on (``samples``, else all), whichever is larger,
+    and never more than half of the ``total`` rows of the split. Fewer rows could not tell two
+    learning rates apart: a difference of 0.05 in accuracy is one standard error on 100 rows."""
+    used = min(samples or total, total)
+    return min(max(HELDOUT_MIN, math.ceil(HELDOUT_FRACTION * used)), total // 2)
+
+
 def carve_validation(
-    task: Task, train: pd.DataFrame, fraction: float, *, seed: int = 0
+    task: Task, train: pd.DataFrame, fraction: float | int, *, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a seeded validation set off train, stratified by label for classification."""
-    if not 0.0 < fraction < 1.0:
+    """Split a seeded validation set off train, stratified by label for classification:
+    ``fraction`` of the rows, or that many rows when it is a whole number."""
+    if isinstance(fraction, int):
+        if not 0 < fraction < len(train):
+            raise ValueError(f"cannot hold out {fraction} of {len(train)} training rows")
+    elif not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
     stratify = None if task.is_regression else train["label"]
     try:
@@ -500,7 +516,8 @@ def carve_validation(
                                       stratify=stratify)
     except ValueError as err:  # too few rows (or rows of a class) to carve a stratified split
         raise ValueError(
-            f"cannot carve a {fraction:.0%} validation split from {len(train)} training "
+            f"cannot carve a {fraction if isinstance(fraction, int) else f'{fraction:.0%}'} "
+            f"validation split from {len(train)} training "
             f"examples of task {task.name!r} ({err}): train on more examples "
             "(--max-train-samples) or select on dev (--select-on dev)") from None
     return kept.reset_index(drop=True), held.reset_index(drop=True)
@@ -664,6 +681,8 @@ def prepare(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     validation_fraction: float | None = None,
+    heldout_rows: int | str | None = None,
+    heldout_split: bool = True,
     data_seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TaskData:
@@ -674,11 +693,25 @@ def prepare(
 
     With ``validation_fraction`` the evaluation splits start with ``heldout`` (carved from train,
     seeded and stratified), which is what a search should select on, followed by the dev splits.
+
+    With ``heldout_rows`` (``auto``: ``heldout_size``) that many rows are carved from the whole
+    training split first (seeded and stratified: the same rows for the same data), and
+    ``max_train_samples`` then samples the rest. A study's data start with them as ``heldout``;
+    a final evaluation's (``heldout_split`` False) leave them out of training without scoring
+    them, so that nothing a study selected on is trained on.
     """
     task, frames = load_splits(task, data_dir=data_dir, train_file=train_file, dev_file=dev_file,
                                test_file=test_file)
-    train = subsample(frames.pop("train"), max_train_samples, seed=data_seed)
+    train = frames.pop("train")
+    held = None
+    if heldout_rows == "auto":
+        heldout_rows = heldout_size(len(train), max_train_samples)
+    if heldout_rows:
+        train, held = carve_validation(task, train, int(heldout_rows), seed=data_seed)
+    train = subsample(train, max_train_samples, seed=data_seed)
     evals = {s: subsample(f, max_eval_samples, seed=data_seed) for s, f in frames.items()}
+    if held is not None and heldout_split:
+        evals = {HELDOUT: held, **evals}
     if validation_fraction:
         train, held = carve_validation(task, train, validation_fraction, seed=data_seed)
         evals = {HELDOUT: held, **evals}

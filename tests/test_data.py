@@ -444,3 +444,35 @@ def test_classes_come_from_the_whole_training_file_not_the_sample(tmp_path):
 
     assert data.task.label_names == ("neg", "neutral", "pos")
     assert 1 not in data.train.labels  # the sample missed the one neutral row
+
+
+def test_the_held_out_rows_are_500_or_a_tenth_and_at_most_half():
+    from bitfit.data import heldout_size
+
+    assert heldout_size(8551) == 856  # a tenth of CoLA's training split
+    assert heldout_size(8551, samples=2000) == 500  # a sample of 2,000: at least 500
+    assert heldout_size(300) == 150  # a small file: never more than half of it
+
+
+def test_the_final_runs_never_train_on_the_rows_a_study_held_out(base, glue_dir, cache_dir):
+    from bitfit.data import HELDOUT, prepare
+    from bitfit.tasks import load_task
+
+    task = load_task("rte")
+    study = prepare(task, base.tokenizer, data_dir=glue_dir, max_train_samples=300,
+                    heldout_rows="auto", cache_dir=cache_dir)
+    final = prepare(task, base.tokenizer, data_dir=glue_dir, heldout_rows=len(
+        study.evals[HELDOUT]), heldout_split=False, cache_dir=cache_dir)
+    assert len(study.evals[HELDOUT]) == 500 and len(study.train) == 300
+    assert list(final.evals) == ["validation"]  # the held-out rows are not scored again
+
+    def texts(split):
+        return {tuple(split.ids[split.offsets[i]:split.offsets[i + 1]])
+                for i in range(len(split))}
+
+    held = texts(study.evals[HELDOUT])
+    # none of them is trained on: RTE's training split repeats 2 pairs, which may fall on
+    # both sides
+    assert len(held & texts(final.train)) <= 2
+    assert texts(study.train) <= texts(final.train)
+    assert len(final.train) + len(held) == 2490  # RTE's training split, less the held-out rows
