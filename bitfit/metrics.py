@@ -44,3 +44,14 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> 
         labels: gold labels of the same length.
     """
     return {name: _METRICS[name](predictions, labels) for name in task.metrics}
+
+
+def constant_score(task: Task, train_labels: np.ndarray, labels: np.ndarray) -> float:
+    """The main metric of always predicting the training labels' most frequent class (their
+    mean for regression, which correlates with nothing: 0): what a model that learnt only the
+    label prior scores. A comparison with a method that does not beat it has nothing to test."""
+    if task.is_regression:
+        constant = np.full(len(labels), float(np.mean(train_labels)))
+    else:
+        constant = np.full(len(labels), np.bincount(train_labels.astype(int)).argmax())
+    return compute_metrics(task, constant, labels)[task.main_metric]
