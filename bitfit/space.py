@@ -181,15 +181,23 @@ class SearchSpace:
         return TrainConfig(method=method, **settings)
 
     def make_sampler(self, *, resumed_trials: int = 0) -> optuna.samplers.BaseSampler:
-        """The sampler, its seed moved on by ``resumed_trials`` (the study makes one per trial,
-        moved on by the trial's number), so that no two trials draw alike.
+        """The sampler, its seed derived from the space's seed and ``resumed_trials`` (the study
+        makes one per trial, with the trial's number), so that no two trials draw alike.
+
+        The seed is mixed (NumPy's ``SeedSequence``), not added to: each trial's first draw is
+        its generator's first, and consecutive small seeds start alike in NumPy's legacy
+        generator (its first uniforms for seeds 0-3 are 0.55, 0.42, 0.44, 0.55), which put the
+        quick space's four rates within 1.57e-3..1.83e-3 of a 1e-3..3e-3 range.
 
         A grid keeps its seed: it shuffles its points with it and gives trial n the n-th
         point, so a seed moved on per trial would give trials the same point twice and leave
         others out."""
         options = {k: v for k, v in self.sampler.items() if k != "name"}
         if options.get("seed") is not None and self.sampler["name"] != "grid":
-            options["seed"] += resumed_trials
+            import numpy as np
+
+            options["seed"] = int(np.random.SeedSequence(
+                [options["seed"], resumed_trials]).generate_state(1)[0])
         if self.sampler["name"] == "grid":
             grid = {k: list(d.choices) for k, d in self.distributions.items()
                     if isinstance(d, CategoricalDistribution)}
