@@ -84,12 +84,13 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-space", default="full_ft", help="the baseline's space")
     parser.add_argument("--baseline-study", default=None, help="reuse this full fine-tuning "
                         "study (same storage) instead of running one")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per method in the final "
-                        "evaluation (0: stop after the studies)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per method in the final "
+                        "evaluation (default 5, with --quick 3; 0: stop after the studies)")
     parser.add_argument("--extra-methods", nargs="*", default=[], choices=EXTRA_METHODS,
                         help="also evaluate head-only and the random baseline")
     parser.add_argument("--quick", action="store_true", help="the quick preset: spaces quick "
-                        "and full_ft_quick (searches on 2,000 examples, one epoch)")
+                        "and full_ft_quick (2,000 training examples throughout, 500 held out) "
+                        "and 3 seeds")
     parser.add_argument("--workers", type=int, default=1, help="run each study as this many "
                         "worker runs on the Prefect work pool (python flows/search.py only; "
                         "needs PostgreSQL storage, an MLflow server and the deployments of "
@@ -135,15 +136,17 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``bitfit reproduce`` and ``python flows/reproduce.py``."""
-    from bitfit.reproduce import BUDGETS, CURVE_METHODS, EXPERIMENT, METHODS, TASKS
+    from bitfit.reproduce import BUDGETS, CURVE_METHODS, EXPERIMENT, METHODS
 
     parser.add_argument("--budget", default="small", choices=tuple(BUDGETS),
                         help="small: a 2-core CPU in at most an hour with the bundled model "
                         "(capped samples and trials, stated in the report); paper: whole "
                         "training sets and the paper's grids, for a GPU and a masked-LM BERT")
-    parser.add_argument("--tasks", type=_names, default=TASKS, help="comma-separated GLUE "
-                        f"tasks (default: {','.join(TASKS)}), and at most one custom task's "
-                        "name, read from --train-file and --dev-file")
+    parser.add_argument("--tasks", type=_names, default=None, help="comma-separated GLUE "
+                        "tasks (default: the budget's: "
+                        + "; ".join(f"{b.name} {','.join(b.tasks)}" for b in BUDGETS.values())
+                        + "), and at most one custom task's name, read from --train-file and "
+                        "--dev-file")
     parser.add_argument("--methods", type=_names, default=tuple(METHODS), help="comma-"
                         f"separated methods (default: {','.join(METHODS)})")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: "
@@ -152,7 +155,10 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         "examples per task (default: the budget's)")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="dev examples "
                         "scored (default: all; fewer only for a quick look)")
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="every method trains this "
+                        "many epochs (default: each method's recipe in the budget)")
+    parser.add_argument("--max-steps", type=int, default=None, help="every method trains this "
+                        "many optimiser steps (default: each method's recipe in the budget)")
     parser.add_argument("--grid-points", type=int, default=None, help="learning rates tried "
                         "per method and task (default: the budget's)")
     parser.add_argument("--curve-task", default="sst2", help="the task of the data-size curve "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import pickle
@@ -29,8 +30,10 @@ from bitfit.artifacts import TENSORS, save_artifact, unique_folder
 from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel, load_base
-from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise, welch
-from bitfit.train import TrainConfig, TrainResult, resolve_device, train
+from bitfit.metrics import constant_score
+from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise
+from bitfit.train import TrainConfig, TrainResult, epochs_of, resolve_device, train
+from bitfit.verdicts import Verdict, competitive
 
 MAX_PROCESSES = 4
 
@@ -69,8 +72,8 @@ def best_config(storage: str, study_name: str, *, method: str | None = None,
 class Comparison:
     runs: list[SeedRun]
     markdown: str
-    p_value: float
-    t_statistic: float
+    verdict: Verdict | None  # BitFit against full fine-tuning, where both ran
+    majority: float  # the main metric of always predicting the majority class
     folder: Path
     parent_run_id: str | None
     best_artifact: str | None
@@ -175,11 +178,11 @@ def compare(
 
     table = summarise(runs, task.metrics)
     main = task.main_metric
-    scores = {label: [r.metrics[main] for r in runs if r.method == label] for label in configs}
-    t_stat, p_value = welch(scores.get("bitfit", []), scores.get("full", []))
+    majority = constant_score(task, data.train.labels, data.evals[split].labels)
+    verdict = comparison_verdict(runs, main, majority)
     text = markdown(table, task.metrics)
-    test = (f"Welch's t-test, bitfit vs full on dev {main}: t = {t_stat:.3f}, p = {p_value:.4f}"
-            if "bitfit" in scores and "full" in scores else "")
+    test = "\n\n".join(t for t in (verdict_markdown(verdict, main, majority) if verdict else "",
+                                    trade_off_markdown(table, main)) if t)
     bitfit_runs = [r for r in runs if r.artifact and r.method == "bitfit"]
     best_run = max(bitfit_runs, key=lambda r: r.metrics[main]) if bitfit_runs else None
     best = best_run.artifact if best_run else None
@@ -187,7 +190,7 @@ def compare(
     if any(r.test_metrics for r in runs):  # the user's test file: scored, never selected on
         test_text = markdown(summarise([dataclasses.replace(r, metrics=r.test_metrics)
                                         for r in runs], task.metrics), task.metrics)
-    comparison = Comparison(runs, text, p_value, t_stat, folder, parent_id, best,
+    comparison = Comparison(runs, text, verdict, majority, folder, parent_id, best,
                             pairs=len(task.text_columns) == 2, test_markdown=test_text,
                             experiment_id=experiment_id)
     report = f"# {task.name}: final evaluation on {split}\n\n{text}\n\n{test}\n"
@@ -204,14 +207,59 @@ def compare(
         plot_seeds(runs, main, folder / "dev_per_seed.png")
         plot_curves(runs, main, folder / "learning_curves.png")
     if tracker is not None and parent_id is not None:
-        tracker.end_evaluation(parent_id, folder, {"p_value": p_value, "t_statistic": t_stat,
-                                                   "finished_at": time.time()})
+        tracker.end_evaluation(parent_id, folder, {
+            "finished_at": time.time(), "majority_class": majority,
+            **({"p_value": verdict.p_value, "difference": verdict.estimate} if verdict else {})},
+            tags={"verdict": verdict.verdict} if verdict else {})
         if register and best_run is not None and best_run.run_id:
             comparison = dataclasses.replace(comparison, registered_model=tracker.register(
                 best_run.run_id, best_run.artifact, task.name,
                 f"evaluation {name}, seed {best_run.seed}: dev {main} "
                 f"{best_run.metrics[main]:.4f}"))
     return comparison
+
+
+def comparison_verdict(runs: list[SeedRun], metric: str, majority: float) -> Verdict | None:
+    """Whether BitFit is competitive with full fine-tuning on ``metric`` (``verdicts.competitive``:
+    non-inferior within the metric's declared margin, tested where full fine-tuning beats the
+    majority class), paired by seed where both methods ran the same seeds (each seed trains both
+    on the same rows). None unless both methods ran."""
+    by = {label: {r.seed: r.metrics[metric] for r in runs if r.method == label}
+          for label in ("bitfit", "full")}
+    if not by["bitfit"] or not by["full"]:
+        return None
+    paired = by["bitfit"].keys() == by["full"].keys()
+    seeds = sorted(by["bitfit"])
+    ours = [by["bitfit"][s] for s in seeds]
+    theirs = [by["full"][s] for s in (seeds if paired else sorted(by["full"]))]
+    return competitive(ours, theirs, metric=metric, floor=majority, paired=paired,
+                       names=("bitfit", "full"))
+
+
+def trade_off_markdown(table, metric: str) -> str:
+    """Which methods are on the Pareto front of mean dev score against trainable parameters."""
+    from bitfit.report import pareto_front
+
+    if len(table) < 2:
+        return ""
+    points = list(zip(table["trainable_params"], table[f"{metric}_mean"], strict=True))
+    front = pareto_front(points)
+    names = [f"{table['method'].iloc[i]} ({int(points[i][0]):,} parameters, "
+             f"{points[i][1]:.4f})" for i in sorted(front, key=lambda i: points[i][0])]
+    return (f"Pareto front of dev {metric} against trainable parameters (no other method "
+            f"scores higher with as many or fewer): {'; '.join(names)}.")
+
+
+def verdict_markdown(verdict: Verdict, metric: str, majority: float) -> str:
+    """The verdict in a sentence or two, with its rule."""
+    interval = ("" if math.isnan(verdict.low) else
+                f", 90% interval [{verdict.low:+.4f}, {verdict.high:+.4f}]")
+    p = "" if math.isnan(verdict.p_value) else f", p = {verdict.p_value:.4f}"
+    return (f"**BitFit is competitive with full fine-tuning on dev {metric}: {verdict.verdict}.** "
+            f"bitfit - full = {verdict.estimate:+.4f}{interval}{p}. Rule: {verdict.rule}; the "
+            f"margin is declared per metric before any run (bitfit.verdicts.MARGINS); the "
+            f"majority class scores {majority:.4f}, and a reference that does not beat it "
+            "makes the claim not testable." + (f" {verdict.note}." if verdict.note else ""))
 
 
 def default_processes(device: str, runs: int) -> int:
@@ -366,6 +414,8 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
         trainable_params=result.trainable_params,
         trainable_fraction=result.trainable_fraction, artifact_bytes=artifact_bytes,
         checkpoint_bytes=4 * result.total_params,
-        time_per_epoch_s=result.train_time_s / config.epochs,  # completed: every epoch ran
+        # completed: every step ran; a run of max_steps counts its share of an epoch
+        time_per_epoch_s=result.train_time_s / epochs_of(config, min(
+            config.train_samples or len(data.train), len(data.train))),
         peak_memory_mb=result.peak_memory_mb, run_id="", artifact=artifact,
         test_metrics=result.metrics.get(TEST_SPLIT, {}))

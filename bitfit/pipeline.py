@@ -28,12 +28,14 @@ from bitfit.models import BaseModel
 from bitfit.services import mask_url
 
 QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
+SEEDS = 5  # final runs per method without --seeds
+QUICK_SEEDS = 3  # ... with the quick preset
 # the choices of the options that have few (the deployment form offers them)
 SelectOn = Literal["heldout", "dev"]
 Pooling = Literal["auto", "pooler", "cls", "mean"]
 ExtraMethod = Literal["frozen", "rand"]
 EXTRA_METHODS = ("frozen", "rand")
-HELDOUT_FRACTION = 0.1  # the validation split a study selects on, carved from train
+HELDOUT_FRACTION = 0.1  # `bitfit prepare`'s validation split (a study's: data.heldout_size)
 SIDE_BY_SIDE_MIN_WORK = 4_000  # trials x training rows from which trials run side by side
 
 
@@ -108,7 +110,7 @@ class Config:
     baseline_study: str | None = None  # reuse this full fine-tuning study
     workers: int = 1
     # the final evaluation
-    seeds: int = 5
+    seeds: int | None = None  # default: SEEDS (QUICK_SEEDS with the quick preset)
     extra_methods: tuple[ExtraMethod, ...] = ()
     eval_processes: int | None = None
     trial_processes: int | None = None  # default: trial_processes()
@@ -129,13 +131,16 @@ class Config:
         return OwnData.of(self)
 
     def resolved(self) -> Config:
-        """The home as a path ($BITFIT_HOME, else ./runs) and the quick preset's spaces."""
+        """The home as a path ($BITFIT_HOME, else ./runs), the quick preset's spaces and the
+        number of seeds."""
         from bitfit.settings import home_dir
 
         space, baseline_space = ((QUICK["space"], QUICK["baseline_space"]) if self.quick
                                  else (self.space, self.baseline_space))
+        seeds = self.seeds if self.seeds is not None else (
+            QUICK_SEEDS if self.quick else SEEDS)
         return dataclasses.replace(self, home=str(home_dir(self.home)), space=space,
-                                   baseline_space=baseline_space,
+                                   baseline_space=baseline_space, seeds=seeds,
                                    extra_methods=tuple(self.extra_methods))
 
 
@@ -344,16 +349,18 @@ def default_study_name(task: str, space: str, samples: int | None, select_on: st
 
 def study_data(base: BaseModel, config: Config, space) -> TaskData:
     """The data a study searches on: the space's sample size unless the config gives one, and a
-    held-out split carved from train unless it selects on dev (the test file stays unseen)."""
+    held-out split carved from the whole training split first unless it selects on dev
+    (``data.heldout_size`` rows: the final runs never train on them; the test file stays
+    unseen)."""
     from bitfit.data import prepare
 
     own = config.own
     samples = config.max_train_samples or space.max_train_samples
-    fraction = HELDOUT_FRACTION if config.select_on == "heldout" else None
     return prepare(resolve_task(config.task, own), base.tokenizer, data_dir=config.data_dir,
                    train_file=own.train_file, dev_file=own.dev_file,
                    max_length=config.max_length or space.max_length, max_train_samples=samples,
-                   validation_fraction=fraction, cache_dir=Path(str(config.home)) / "cache")
+                   heldout_rows="auto" if config.select_on == "heldout" else None,
+                   cache_dir=Path(str(config.home)) / "cache")
 
 
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
@@ -459,9 +466,14 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
     """What a study found, JSON-ready."""
     from optuna.trial import TrialState
 
-    from bitfit.tracking import ui_command
+    from bitfit.report import pareto_front
+    from bitfit.tracking import trade_off, ui_command
 
     best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
+    points = trade_off(study)
+    front = [{"trial": label, "trainable_params": int(cost), "value": value}
+             for i, (label, cost, value) in enumerate(points)
+             if i in pareto_front([(c, v) for _, c, v in points])]
     table = [{"trial": t.number, "state": t.state.name, data.task.main_metric: t.value,
               **t.params, "seconds": None if t.duration is None
               else round(t.duration.total_seconds(), 1)} for t in study.trials]
@@ -475,17 +487,32 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
         "best_params": None if best is None else best.params,
         "best_trial": None if best is None else best.number,
         "mlflow_ui": ui_command(tracking_uri, home),
-        "trial_table": table,
+        "trial_table": table, "pareto": sorted(front, key=lambda p: p["trainable_params"]),
     }
 
 
 # --------------------------------------------------------------------------- final evaluation
 
 
+def study_sizes(storage: str, study_name: str) -> tuple[int, int | None]:
+    """How many rows a study trained on, and how many it held out of the training split to
+    select on (None when it selected on dev): the final runs leave out the same rows and
+    train on samples of the same size."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    attrs = study.user_attrs
+    held = attrs.get("selection_examples") if attrs.get("selection_split") == "heldout" else None
+    return int((attrs.get("identity") or {}).get("train_examples", 0)), held
+
+
 def evaluation_configs(storage: str, *, bitfit_study: str, full_study: str | None,
-                       extra_methods: tuple[str, ...], task: str) -> dict:
+                       extra_methods: tuple[str, ...], task: str,
+                       train_samples: int | None = None) -> dict:
     """The configurations compared: each study's best, and the baselines ``frozen`` and
-    ``rand`` on the BitFit configuration (``rand`` as many weights as its subset has)."""
+    ``rand`` on the BitFit configuration (``rand`` as many weights as its subset has); with
+    ``train_samples``, each seed trains on its own sample of that many rows (the same rows for
+    every method with that seed)."""
     from bitfit.compare import best_config
 
     _check_extra(extra_methods)
@@ -494,19 +521,26 @@ def evaluation_configs(storage: str, *, bitfit_study: str, full_study: str | Non
         configs["full"] = best_config(storage, full_study, method="full", task=task)
     for method in extra_methods:
         configs[method] = dataclasses.replace(configs["bitfit"], method=method)
-    return configs
+    return {label: dataclasses.replace(c, train_samples=train_samples)
+            for label, c in configs.items()}
 
 
 def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_study: str,
                      full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
                      tracking_uri: str, home: str, name: str, processes: int | None = None,
-                     device: str = "auto", report: Report = STDERR) -> dict[str, Any]:
-    """Train each method's best configuration with each seed; the comparison, JSON-ready."""
-    from bitfit.compare import compare
+                     device: str = "auto", max_train_samples: int | None = None,
+                     report: Report = STDERR) -> dict[str, Any]:
+    """Train each method's best configuration with each seed; the comparison, JSON-ready.
+    Each seed trains on its own sample of as many rows as the BitFit study trained on
+    (``max_train_samples`` when given), or on all of ``data.train`` when that is no more."""
+    from bitfit.compare import compare, verdict_markdown
     from bitfit.tracking import Tracker
 
+    trained_on = max_train_samples or study_sizes(storage, bitfit_study)[0]
     configs = evaluation_configs(storage, bitfit_study=bitfit_study, full_study=full_study,
-                                 extra_methods=extra_methods, task=data.task.name)
+                                 extra_methods=extra_methods, task=data.task.name,
+                                 train_samples=trained_on if 0 < trained_on < len(data.train)
+                                 else None)
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
                          tracker=Tracker(tracking_uri, home=home), processes=processes,
                          device=device, log=report.line,
@@ -516,8 +550,11 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
             "task": data.task.name, "tracking_uri": mask_url(tracking_uri),
             "experiment_id": comparison.experiment_id,
             "registered_model": comparison.registered_model,
-            "p_value": comparison.p_value,
-            "t_statistic": comparison.t_statistic, "report": str(comparison.folder),
+            "verdict": (dataclasses.asdict(comparison.verdict) if comparison.verdict else None),
+            "verdict_text": (verdict_markdown(comparison.verdict, data.task.main_metric,
+                                              comparison.majority)
+                             if comparison.verdict else ""),
+            "majority_class": comparison.majority, "report": str(comparison.folder),
             "evaluation_run_id": comparison.parent_run_id,
             "best_artifact": comparison.best_artifact, "recipe": comparison.recipe(),
             "runs": {f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs},
@@ -546,13 +583,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"- study `{study['study_name']}`: best {study['metric']} on "
                      f"{study['selection_split']} **{study['best_value']:.4f}** (trial "
                      f"{study['best_trial']}: {params}) of {study['trials']} trials")
+        if len(study.get("pareto") or []) > 1:
+            lines.append(f"  - {pareto_text(study)}")
     if evaluation:
         lines += ["", "## Final evaluation", "", evaluation["table"]]
         if evaluation.get("test_table"):
             lines += ["", "### On the test file", "", evaluation["test_table"]]
-        if evaluation["p_value"] == evaluation["p_value"]:  # not NaN
-            lines += ["", f"Welch's t-test, bitfit vs full: t = {evaluation['t_statistic']:.3f},"
-                          f" p = {evaluation['p_value']:.4f}"]
+        if evaluation.get("verdict_text"):
+            lines += ["", evaluation["verdict_text"]]
         if evaluation.get("registered_model"):
             lines += ["", f"The best BitFit seed is the MLflow model "
                           f"`{evaluation['registered_model']}`:", "", "```python",
@@ -564,14 +602,20 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto_text(study: dict[str, Any]) -> str:
+    """The study's Pareto front of score against trainable parameters, in a line."""
+    return ("Pareto front (no trial scores higher with as few trainable parameters): " + "; "
+            .join(f"{p['trial']}: {p['trainable_params']:,} parameters, {study['metric']} "
+                  f"{p['value']:.4f}" for p in study["pareto"]))
+
+
 def print_report(summary: dict[str, Any]) -> None:
     """The comparison table, the test, and how to use the best artifact."""
     print(summary["table"])
     if summary.get("test_table"):
         print(f"\non the test file:\n{summary['test_table']}\n")
-    if summary["p_value"] == summary["p_value"]:  # not NaN
-        print(f"Welch's t-test, bitfit vs full: t = {summary['t_statistic']:.3f}, "
-              f"p = {summary['p_value']:.4f}")
+    if summary.get("verdict_text"):
+        print(summary["verdict_text"].replace("**", ""))
     print(f"report, table and plots: {summary['report']}")
     if summary.get("registered_model"):
         print(f"registered in MLflow as {summary['registered_model']}")
@@ -593,6 +637,8 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"{study['selection_split']} {study['best_value']:.4f} "
               f"(trial {study['best_trial']}: {params}); {study['trials']} trials in "
               f"{study['storage']}")
+        if len(study.get("pareto") or []) > 1:
+            print(f"  {pareto_text(study)}")
     if "evaluation" in summary:
         print()
         print_report(summary["evaluation"])
@@ -624,16 +670,19 @@ def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
     return load_base(model, pooling=pooling)
 
 
-def final_data(base: BaseModel, config: Config, max_length: int) -> TaskData:
-    """The whole training split (or its sample), dev, and the test file when there is one:
-    what the final runs train and score."""
+def final_data(base: BaseModel, config: Config, max_length: int,
+               heldout_rows: int | None = None) -> TaskData:
+    """The training split less the ``heldout_rows`` a study selected on (the same rows: the
+    carve is seeded), dev, and the test file when there is one: what the final runs train on
+    (each seed its own sample when the study trained on one: ``evaluation_configs``) and
+    score."""
     from bitfit.data import prepare
 
     own = config.own
     return prepare(resolve_task(config.task, own), base.tokenizer, data_dir=config.data_dir,
                    train_file=own.train_file, dev_file=own.dev_file, test_file=own.test_file,
-                   max_length=max_length, max_train_samples=config.max_train_samples,
-                   validation_fraction=None, cache_dir=Path(str(config.home)) / "cache")
+                   max_length=max_length, heldout_rows=heldout_rows, heldout_split=False,
+                   cache_dir=Path(str(config.home)) / "cache")
 
 
 def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
@@ -695,7 +744,8 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
         full_data = data if same else phase(study_data, base, c, full_space)
         summary["baseline"] = stage(full_data, c.baseline_space, None, full_study, full_samples)
     if c.seeds > 0 and summary["best_value"] is not None:
-        final = phase(final_data, base, c, c.max_length or parsed.max_length)
+        final = phase(final_data, base, c, c.max_length or parsed.max_length,
+                      study_sizes(c.storage, name)[1])
         summary["evaluation"] = phase(final_evaluation, base, final, c, name, full_study, report)
     report.finished(summary)
     return summary
@@ -708,7 +758,8 @@ def final_evaluation(base: BaseModel, data: TaskData, c: Config, bitfit_study: s
                             full_study=full_study, seeds=c.seeds,
                             extra_methods=c.extra_methods, tracking_uri=c.tracking_uri,
                             home=c.home, name=evaluation_name(bitfit_study, full_study, c.seeds),
-                            processes=c.eval_processes, device=c.device, report=report)
+                            processes=c.eval_processes, device=c.device,
+                            max_train_samples=c.max_train_samples, report=report)
 
 
 def evaluate(config: Config = Config(), *, bitfit_study: str, full_study: str | None = None,
@@ -717,8 +768,12 @@ def evaluate(config: Config = Config(), *, bitfit_study: str, full_study: str | 
     ``full_study``) with ``config.seeds`` seeds on the whole training split, compared on dev
     (and on the test file); the comparison, JSON-ready."""
     c = check_evaluation(config)
+    assert c.storage is not None
+    from bitfit.compare import best_config
+
+    best_config(c.storage, bitfit_study, method="bitfit")  # it exists, with a completed trial
     base = phase(load_model, c.model, c.pooling)
-    data = phase(final_data, base, c, c.max_length or 128)
+    data = phase(final_data, base, c, c.max_length or 128, study_sizes(c.storage, bitfit_study)[1])
     comparison = phase(final_evaluation, base, data, c, bitfit_study, full_study, report)
     report.finished(comparison)
     return comparison

@@ -2,14 +2,14 @@
 
 Given each method's seeded final runs, ``summarise`` gives mean, standard deviation and a 95%
 t-interval of each metric, the trainable share, the artifact size against the full checkpoint,
-time per epoch, peak memory and the generalisation gap; ``welch`` tests BitFit against full
-fine-tuning with Welch's t-test (scipy). ``markdown`` and ``plot_*`` render them.
+time per epoch, peak memory and the generalisation gap; ``pareto_front`` says which methods no
+other beats with as few trainable parameters (the verdicts are ``bitfit.verdicts``'). ``markdown``
+and ``plot_*`` render them.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,16 +49,43 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
-def welch(a: list[float], b: list[float], alternative: str = "two-sided"
-          ) -> tuple[float, float]:
-    """Welch's t statistic and p-value, two-sided or (``alternative`` "greater") that mean(a)
-    is the larger (NaN when either side has < 2 values or neither varies)."""
-    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
-        return math.nan, math.nan
-    with warnings.catch_warnings():  # one side constant: scipy warns, the test still holds
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)
-    return float(result.statistic), float(result.pvalue)
+def pareto_front(points: list[tuple[float, float]]) -> set[int]:
+    """The indices of the (cost, score) points on the Pareto front: those that no other point
+    beats, i.e. no other has a cost as low or lower with a higher score, or a lower cost with a
+    score as high (cost: trainable parameters; score: higher is better). NaN scores are never on
+    it."""
+    front = set()
+    for i, (cost, score) in enumerate(points):
+        if score != score:  # NaN
+            continue
+        beaten = any((c <= cost and s > score) or (c < cost and s >= score)
+                     for j, (c, s) in enumerate(points) if j != i and s == s)
+        if not beaten:
+            front.add(i)
+    return front
+
+
+def plot_pareto(points: list[tuple[str, float, float]], *, ylabel: str, title: str):
+    """(label, trainable parameters, score) points on a log axis, the Pareto front joined in
+    red; the matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    front = pareto_front([(c, s) for _, c, s in points])
+    for i, (label, cost, score) in enumerate(points):
+        ax.scatter([cost], [score], color="tab:red" if i in front else "grey", s=18)
+        ax.annotate(label, (cost, score), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    edge = sorted((points[i][1], points[i][2]) for i in front)
+    if edge:
+        ax.step([c for c, _ in edge], [s for _, s in edge], where="post", color="tab:red")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return fig
 
 
 def summarise(runs: list[SeedRun], metrics: tuple[str, ...]) -> pd.DataFrame:

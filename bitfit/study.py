@@ -264,6 +264,7 @@ def run_study(
     study = open_study(space, storage=storage, study_name=study_name,
                        identity=study_identity(space, data, metric))
     study.set_user_attr("selection_split", selection)
+    study.set_user_attr("selection_examples", len(data.evals[selection]))
     experiment_id = parent_id = None
     if tracker is not None:
         experiment_id = tracker.experiment(experiment or data.task.name)
@@ -363,7 +364,9 @@ class _TrialRunner:
             trial.set_user_attr("fail_reason", f"{OVER_BUDGET} of {self.budget}: not run")
             raise TrialFailed(f"{OVER_BUDGET} of {self.budget}")
         values = {name: _suggest(trial, name, d) for name, d in self.space.distributions.items()}
-        config = self.space.config_for(values)
+        # a trial is scored after its last epoch, as the final runs are: the best of several
+        # epochs would favour runs whose score only fluctuates
+        config = dataclasses.replace(self.space.config_for(values), select_best=False)
         tracker, run_id = self.tracker, None
         if tracker is not None:
             run_id = tracker.trial_run(self.experiment_id, self.parent_id, trial.number, config,

@@ -317,12 +317,14 @@ class Tracker:
             self.client.log_artifacts(run_id, artifact_dir, artifact_path="bias_artifact")
         self.client.set_terminated(run_id, status="FINISHED")
 
-    def end_evaluation(self, parent_id: str, folder: Path, metrics: dict[str, float]) -> None:
-        """The report as the run's description; the comparison table (CSV, Parquet), plots
-        and test on the parent run."""
+    def end_evaluation(self, parent_id: str, folder: Path, metrics: dict[str, float],
+                       tags: dict[str, str] | None = None) -> None:
+        """The report as the run's description; the comparison table (CSV, Parquet), plots,
+        the test's figures and its verdict (a tag) on the parent run."""
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), _now_ms(), 0)
                                                   for k, v in metrics.items()
-                                                  if v == v])  # NaN: no test possible
+                                                  if v == v],  # NaN: no test possible
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
         self.end_report(parent_id, folder, [
             name for name in ("report.md", "comparison.csv", "comparison.parquet", "runs.json",
                               "dev_per_seed.png", "learning_curves.png")
@@ -398,7 +400,31 @@ def _plots(study) -> list[tuple[str, Any]]:
                                    ).get_figure()))
     finally:
         optuna.logging.set_verbosity(verbosity)
+    points = trade_off(study)
+    if len(points) >= 2:
+        from bitfit.report import plot_pareto
+
+        figures.append(("pareto", plot_pareto(
+            points, ylabel="held-out score (last evaluation)",
+            title="score against trainable parameters; the Pareto front in red")))
     return figures
+
+
+def trade_off(study) -> list[tuple[str, float, float]]:
+    """The completed trials as (label, trainable parameters, value): the label names the trial
+    and what it trained (its subset)."""
+    import optuna
+
+    points = []
+    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+        if "trainable_params" not in t.user_attrs or t.value is None:
+            continue
+        config = t.user_attrs.get("config") or {}
+        what = (config.get("subset", "") if config.get("method") in ("bitfit", "rand")
+                else config.get("method", ""))
+        points.append((f"#{t.number} {what}", float(t.user_attrs["trainable_params"]),
+                       float(t.value)))
+    return points
 
 
 def _short(value: Any) -> str:

@@ -23,11 +23,12 @@ from bitfit.services import refuse_secrets  # noqa: E402
 
 
 @flow(name="bitfit-reproduce", flow_run_name="reproduce-{budget}")
-def reproduce_flow(tasks: tuple[str, ...] = reproduce.TASKS,
+def reproduce_flow(tasks: tuple[str, ...] | None = None,
                    methods: tuple[str, ...] = tuple(reproduce.METHODS),
                    budget: str = "small", seeds: int | None = None,
                    max_train_samples: int | None = None, max_eval_samples: int | None = None,
-                   epochs: int | None = None, grid_points: int | None = None,
+                   epochs: int | None = None, max_steps: int | None = None,
+                   grid_points: int | None = None,
                    curve_task: str | None = "sst2", curve_sizes: tuple[int, ...] | None = None,
                    curve_seeds: int | None = None, model: str | None = None,
                    pooling: str = "auto", data_dir: str | None = None,
@@ -39,8 +40,9 @@ def reproduce_flow(tasks: tuple[str, ...] = reproduce.TASKS,
                    tracking_uri: str | None = None, home: str | None = None) -> dict:
     """Main table (tasks x methods x seeds, each method's learning rate from a small study),
     size curve, bias movement and the claims' verdicts; the report as an MLflow artifact and a
-    Prefect artifact. ``budget``: small (a 2-core CPU, at most an hour) or paper. A task in
-    ``tasks`` that is not a GLUE task is read from ``train_file`` and ``dev_file``."""
+    Prefect artifact. ``budget``: small (a 2-core CPU, at most an hour) or paper; ``tasks``
+    defaults to the budget's. A task in ``tasks`` that is not a GLUE task is read from
+    ``train_file`` and ``dev_file``."""
     config = reproduce.ReproduceConfig.of(locals())
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     return reproduce.run(config, phase=orchestrate.as_task,

@@ -59,7 +59,8 @@ def search(task: str = "cola", data_dir: str | None = None, train_file: str | No
            device: str = "auto", threads: int | None = None, space: str = "bitfit",
            baseline_space: str = "full_ft", quick: bool = False, n_trials: int | None = None,
            select_on: SelectOn = "heldout", study_name: str | None = None, baseline: bool = True,
-           baseline_study: str | None = None, workers: int = 1, seeds: int = 5,
+           baseline_study: str | None = None, workers: int = 1,
+           seeds: int | None = None,
            extra_methods: tuple[ExtraMethod, ...] = (), eval_processes: int | None = None,
            trial_processes: int | None = None, storage: str | None = None,
            tracking_uri: str | None = None, home: str | None = None) -> dict:

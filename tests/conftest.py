@@ -13,6 +13,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
+# the tests' spaces: one epoch of a small sample (the shipped spaces train far longer)
+TINY = str(ROOT / "tests" / "spaces" / "tiny.yaml")
+TINY_FULL = str(ROOT / "tests" / "spaces" / "tiny_full.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GLUE_DIR, ROOT
+from tests.conftest import GLUE_DIR, ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "flows"))
 
@@ -84,7 +84,7 @@ def places(tmp_path_factory):
     (glue / "train.tsv").write_text("text\tlabel\ngood\t1\n")
     (glue / "dev.tsv").write_text("text\tlabel\nbad\t0\n")
     silent = _silent_port()
-    code = _main("search")(["--task", "cola", "--data-dir", str(GLUE_DIR), "--space", "quick",
+    code = _main("search")(["--task", "cola", "--data-dir", str(GLUE_DIR), "--space", TINY,
                             "--n-trials", "2", "--max-train-samples", "200", "--no-baseline",
                             "--seeds", "1", "--eval-processes", "1", "--study-name", "done",
                             "--home", str(home)])
@@ -142,7 +142,7 @@ CASES = [
     ("search", [*SEARCH, "--seeds", "2", "--space", "{spaces}/full_method.yaml"],
      "searches method 'full'"),
     ("search", ["--task", "cola", "--home", "{home}", "--seeds", "0", "--baseline-space",
-                "quick"], "not full fine-tuning"),
+                TINY], "not full fine-tuning"),
     # stores and services: one sentence within seconds
     ("search", [*SEARCH, "--storage", "postgres://u@127.0.0.1:{free}/db"], "postgresql://"),
     ("search", [*SEARCH, "--storage", "postgresql://u@127.0.0.1:{free}/db"],
@@ -170,12 +170,12 @@ CASES = [
     # a study resumed with other settings
     ("search", [*SEARCH, "--study-name", "done", "--space", "{spaces}/other_lr.yaml"],
      "search space"),
-    ("search", [*SEARCH, "--study-name", "done", "--space", "quick", "--max-train-samples",
+    ("search", [*SEARCH, "--study-name", "done", "--space", TINY, "--max-train-samples",
                 "300"], "number of training examples"),
-    ("search", [*SEARCH, "--study-name", "done", "--space", "quick", "--select-on", "dev"],
+    ("search", [*SEARCH, "--study-name", "done", "--space", TINY, "--select-on", "dev"],
      "selection split"),
     ("search", ["--task", "cola", "--data-dir", "{glue}", "--home", "{home}", "--study-name",
-                "done", "--space", "quick", "--n-trials", "2", "--max-train-samples", "200",
+                "done", "--space", TINY, "--n-trials", "2", "--max-train-samples", "200",
                 "--baseline-study", "done"], "not 'full'"),
     # the final evaluation on its own
     ("evaluate", ["--bitfit-study", "nosuch", "--home", "{home}", "--data-dir", "{glue}",

@@ -10,7 +10,7 @@ import pytest
 
 from bitfit.artifacts import load_artifact
 from bitfit.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 
 
 def test_train_command_prints_one_json_object_and_writes_the_artifact(glue_dir, tmp_path):
@@ -131,11 +131,11 @@ def test_bitfit_search_runs_the_whole_pipeline_without_prefect(glue_dir, tmp_pat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BITFIT_OPTUNA_STORAGE", raising=False)
 
-    code = main(["search", "--task", "cola", "--data-dir", str(glue_dir), "--space", "quick",
+    code = main(["search", "--task", "cola", "--data-dir", str(glue_dir), "--space", TINY,
                  "--n-trials", "1", "--max-train-samples", "200", "--no-baseline", "--seeds", "1",
                  "--eval-processes", "1", "--home", str(tmp_path), "--json"])
     summary = json.loads(capsys.readouterr().out)
 
-    assert code == 0 and summary["trials"] == 1 and summary["study_name"] == "cola-quick-n200"
+    assert code == 0 and summary["trials"] == 1 and summary["study_name"] == "cola-tiny-n200"
     assert "| bitfit | 1 |" in summary["evaluation"]["table"]
-    assert (tmp_path / "evaluations" / "cola-quick-n200-vs-none-s1" / "report.md").is_file()
+    assert (tmp_path / "evaluations" / "cola-tiny-n200-vs-none-s1" / "report.md").is_file()

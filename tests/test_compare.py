@@ -15,6 +15,7 @@ from bitfit.space import load_space
 from bitfit.study import run_study
 from bitfit.tracking import Tracker
 from bitfit.train import TrainConfig
+from tests.conftest import TINY
 
 
 def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_path):
@@ -92,7 +93,7 @@ def test_processes_change_only_the_wall_time(base, cola_small, tmp_path):
 
 def test_best_config_is_read_back_from_the_study(base, cola_small, tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    outcome = run_study(base, cola_small, load_space("quick"), storage=storage,
+    outcome = run_study(base, cola_small, load_space(TINY), storage=storage,
                         study_name="s", home=tmp_path, n_trials=2, log=lambda line: None)
 
     config = best_config(storage, "s")
@@ -117,3 +118,25 @@ def test_rand_and_frozen_baselines_take_the_bitfit_config(base, cola_small, tmp_
     assert params == {"bitfit": 6 * (384 + 1536) + head, "rand": 6 * (384 + 1536) + head,
                       "frozen": head}
     assert "| rand | 1 |" in comparison.markdown and "| frozen | 1 |" in comparison.markdown
+
+
+def test_the_verdict_pairs_seeds_and_is_not_testable_below_the_majority_class():
+    from scipy import stats
+
+    from bitfit.compare import comparison_verdict
+    from bitfit.report import SeedRun
+
+    def runs(method, scores):
+        return [SeedRun(method, seed, {"mcc": v}, {}, [v], 1, 0.1, 4, 400, 1.0, 1.0)
+                for seed, v in enumerate(scores)]
+
+    bitfit, full = [0.20, 0.18, 0.22], [0.21, 0.18, 0.22]
+    verdict = comparison_verdict(runs("bitfit", bitfit) + runs("full", full), "mcc", 0.0)
+    diffs = [b - f + 0.03 for b, f in zip(bitfit, full, strict=True)]  # MCC's margin: 0.03
+    assert verdict.p_value == pytest.approx(
+        stats.ttest_1samp(diffs, 0, alternative="greater").pvalue)
+    assert verdict.verdict == "holds"
+    flat = comparison_verdict(runs("bitfit", [0.0, 0.0, 0.0]) + runs("full", [0.0, 0.01, 0.0]),
+                              "mcc", 0.0)
+    assert flat.verdict == "not testable" and "majority class" in flat.note
+    assert comparison_verdict(runs("bitfit", bitfit), "mcc", 0.0) is None

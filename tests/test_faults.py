@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "infra"))
 from stack import PG_BIN, Stack  # noqa: E402
@@ -36,7 +36,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _search(glue_dir, home: Path, *args: str, env: dict[str, str] | None = None):
     return subprocess.Popen(
         [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
-         str(glue_dir), "--space", "quick", "--no-baseline", "--seeds", "0", "--home", str(home),
+         str(glue_dir), "--space", TINY, "--no-baseline", "--seeds", "0", "--home", str(home),
          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env or _env(), cwd=home)
 

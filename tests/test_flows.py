@@ -8,7 +8,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, TINY_FULL
 
 
 def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_path):
@@ -16,8 +16,8 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
     env.pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run(
         [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
-         str(glue_dir), "--space", "quick", "--n-trials", "2", "--max-train-samples", "200",
-         "--home", str(tmp_path), "--json", "--baseline-space", "full_ft_quick", "--seeds", "2",
+         str(glue_dir), "--space", TINY, "--n-trials", "2", "--max-train-samples", "200",
+         "--home", str(tmp_path), "--json", "--baseline-space", TINY_FULL, "--seeds", "2",
          # the final evaluation's seeds in this process: its process pool is tested in
          # tests/test_compare.py, and starting two more processes took a quarter of this test
          "--eval-processes", "1", "--storage", f"sqlite:///{tmp_path}/optuna.db"],
@@ -25,7 +25,7 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
 
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["study_name"] == "cola-quick-n200" and summary["trials"] == 2
+    assert summary["study_name"] == "cola-tiny-n200" and summary["trials"] == 2
     assert summary["selection_split"] == "heldout" and summary["best_params"]
     ui = f"mlflow ui --backend-store-uri {summary['tracking_uri']}"
     assert summary["mlflow_ui"].startswith(ui)
@@ -35,7 +35,7 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
         [summary["experiment_id"]],
         filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
     assert len(children) == 2
-    assert summary["baseline"]["study_name"] == "cola-quick-n200-full_ft_quick"
+    assert summary["baseline"]["study_name"] == "cola-tiny-n200-tiny_full"
     assert summary["baseline"]["trials"] == 2
     evaluation = summary["evaluation"]
     assert "| bitfit | 2 |" in evaluation["table"] and "| full | 2 |" in evaluation["table"]
@@ -46,6 +46,15 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
               for r in seeds}
     assert logged == {k: v["mcc"] for k, v in evaluation["runs"].items()}
     assert len(logged) == 4
+    # each seed trains on its own sample of as many rows as the studies trained on (200), from
+    # the training split less the 500 rows they held out; both methods of a seed on the same
+    assert {r.data.params["train_samples"] for r in seeds} == {"200"}
+    parent = client.get_run(evaluation["evaluation_run_id"])
+    assert parent.data.params["train_examples"] == str(8551 - 500)
+    assert evaluation["verdict"]["verdict"] in ("holds", "fails", "inconclusive",
+                                                "not testable")
+    assert "non-inferiority" in evaluation["verdict_text"] and "margin" in evaluation[
+        "verdict_text"]
 
 
 @pytest.mark.parametrize("storage, tracking, message", [

@@ -13,7 +13,7 @@ import pytest
 from bitfit.artifacts import Predictor
 from bitfit.cli import _parser, main
 from bitfit.pipeline import Config, check_device, worker_device
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, TINY_FULL
 
 
 def _headerless(source, target, rows: int, flip: int | None = None, skip: int = 0) -> None:
@@ -36,7 +36,8 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
     own = ["--task", "mine", "--train-file", str(train), "--dev-file", str(dev), "--columns",
            "sentence,label", "--home", str(tmp_path / "home"), "--json"]
 
-    code = main(["search", *own, "--test-file", str(test), "--quick", "--seeds", "2",
+    code = main(["search", *own, "--test-file", str(test), "--space", TINY,
+                 "--baseline-space", TINY_FULL, "--seeds", "2",
                  "--eval-processes", "1"])
     summary = json.loads(capsys.readouterr().out)
 
@@ -59,7 +60,8 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
     assert summary["selection_split"] == "heldout"
 
     _headerless(glue_dir / "SST-2" / "train.tsv", train, 300, flip=7)
-    code = main(["search", *own, "--quick", "--n-trials", "1", "--no-baseline", "--seeds", "0"])
+    code = main(["search", *own, "--space", TINY, "--n-trials", "1", "--no-baseline",
+                 "--seeds", "0"])
     again = json.loads(capsys.readouterr().out)
 
     assert code == 0 and again["trials"] == 1
@@ -179,7 +181,7 @@ def test_trials_side_by_side_in_local_processes_share_one_study_on_one_home(
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BITFIT_OPTUNA_STORAGE", raising=False)
-    config = Config(task="cola", data_dir=str(glue_dir), space="quick", n_trials=4,
+    config = Config(task="cola", data_dir=str(glue_dir), space=TINY, n_trials=4,
                     max_train_samples=200, baseline=False, seeds=0, trial_processes=2,
                     home=str(tmp_path))
     summary = pipeline.run(config)

@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import stats
 
-from bitfit.report import (SeedRun, confidence_interval, markdown, plot_curves, plot_seeds,
-                           summarise, welch)
+from bitfit.report import (SeedRun, confidence_interval, markdown, pareto_front, plot_curves,
+                           plot_seeds, summarise)
 
 
 def test_confidence_interval_is_the_student_t_interval():
@@ -20,17 +19,13 @@ def test_confidence_interval_is_the_student_t_interval():
     assert math.isnan(confidence_interval([0.5])[0])
 
 
-def test_welch_matches_the_textbook_formula():
-    a, b = [0.51, 0.55, 0.49, 0.53], [0.60, 0.58, 0.66, 0.61, 0.59]
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-
-    statistic, p = welch(a, b)
-
-    assert statistic == pytest.approx(t)
-    assert p == pytest.approx(2 * stats.t.sf(abs(t), df))
-    assert math.isnan(welch([0.5], b)[1])
+def test_the_pareto_front_keeps_what_nothing_beats_with_as_few_parameters():
+    points = [(100, 0.70), (1_000, 0.80), (1_000, 0.75), (50, 0.60), (10**6, 0.79),
+              (10**6, 0.90), (500, float("nan")), (100, 0.70)]
+    # (1000, 0.75) loses to (1000, 0.80); (1e6, 0.79) to (1000, 0.80); the twin points at
+    # (100, 0.70) beat neither each other nor are beaten
+    assert pareto_front(points) == {0, 1, 3, 5, 7}
+    assert pareto_front([]) == set()
 
 
 def _runs():

@@ -14,14 +14,14 @@ import urllib.request
 import optuna
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 
 
 def _search(stack, glue_dir, home, *args, env=None):
     env = {**os.environ, **stack.env(), "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "cola", "--data-dir",
-         str(glue_dir), "--space", "quick", "--max-train-samples", "200", "--no-baseline",
+         str(glue_dir), "--space", TINY, "--max-train-samples", "200", "--no-baseline",
          "--seeds", "0", "--home", str(home), "--json", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=home)
 
@@ -113,7 +113,7 @@ def test_prefect_deployment_run_with_two_workers_fills_one_study(stack, glue_dir
                                    "bitfit"], cwd=ROOT, env=env, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        params = {"task": "cola", "data_dir": str(glue_dir), "space": "quick",
+        params = {"task": "cola", "data_dir": str(glue_dir), "space": TINY,
                   "max_train_samples": "200", "n_trials": "4", "study_name": "deployed",
                   "baseline": "false", "seeds": "0", "workers": "2", "home": str(tmp_path)}
         run = prefect("deployment", "run", "bitfit-search/default", "--watch",

@@ -10,6 +10,7 @@ from bitfit.artifacts import apply_artifact
 from bitfit.space import load_space
 from bitfit.study import run_study
 from bitfit.tracking import Tracker, mask_url
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def _run(base, data, space, home, name, n, **kwargs):
 
 def test_a_study_records_each_trial_as_a_child_run_with_a_bias_artifact(base, cola_search,
                                                                          tmp_path):
-    outcome, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "s", 3)
+    outcome, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "s", 3)
 
     children = tracker.child_runs(outcome.experiment_id, outcome.parent_run_id)
     assert len(children) == 3 and len(outcome.study.trials) == 3
@@ -55,6 +56,7 @@ def test_a_study_records_each_trial_as_a_child_run_with_a_bias_artifact(base, co
     plots = {a.path for a in tracker.client.list_artifacts(outcome.parent_run_id, "plots")}
     assert "plots/optimization_history.png" in plots
     assert "plots/intermediate_values.png" in plots and "plots/timeline.png" in plots
+    assert "plots/pareto.png" in plots  # held-out score against trainable parameters
 
 
 def test_every_run_says_who_ran_it_on_what_data_and_when(base, cola_search, tmp_path):
@@ -62,11 +64,11 @@ def test_every_run_says_who_ran_it_on_what_data_and_when(base, cola_search, tmp_
     import time
 
     seen: list = []
-    outcome, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "who", 2,
+    outcome, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "who", 2,
                             progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 2), (2, 2)]
     seen.clear()
-    outcome, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "who", 3,
+    outcome, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "who", 3,
                             progress=lambda done, total: seen.append((done, total)))
 
     assert seen == [(3, 3)]  # the third trial of three
@@ -90,10 +92,10 @@ def test_every_run_says_who_ran_it_on_what_data_and_when(base, cola_search, tmp_
 
 
 def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search, tmp_path):
-    first, _ = _run(base, cola_search, load_space("quick"), tmp_path, "resume", 2)
+    first, _ = _run(base, cola_search, load_space(TINY), tmp_path, "resume", 2)
     first_params = [t.params for t in first.study.trials]
-    again, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "resume", 2)
-    more, tracker = _run(base, cola_search, load_space("quick"), tmp_path, "resume", 3)
+    again, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "resume", 2)
+    more, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "resume", 3)
 
     assert (first.ran, again.ran, more.ran) == (2, 0, 1)
     assert [t.number for t in more.study.trials] == [0, 1, 2]
@@ -104,7 +106,7 @@ def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search,
 
 
 def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(base, cola_search, tmp_path):
-    space = dataclasses.replace(load_space("quick"), pruner={"name": "threshold", "lower": 2.0})
+    space = dataclasses.replace(load_space(TINY), pruner={"name": "threshold", "lower": 2.0})
     outcome, tracker = _run(base, cola_search, space, tmp_path, "prune", 1)
 
     assert outcome.study.trials[0].state == TrialState.PRUNED
@@ -113,7 +115,7 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(base, cola_search, tmp
 
 
 def test_a_failed_trial_keeps_its_reason_and_the_study_goes_on(base, cola_search, tmp_path):
-    space = load_space("quick")
+    space = load_space(TINY)
     # the bundled model's pooler is unused and removed: asking for its bias fails the trial
     failing = dataclasses.replace(space, distributions={
         **space.distributions,
@@ -150,3 +152,15 @@ def test_a_grid_study_tries_every_point_once_in_its_first_trials(name):
     study.optimize(lambda t: t.suggest_categorical("learning_rate", choices),
                    n_trials=len(choices))
     assert sorted(t.params["learning_rate"] for t in study.trials) == sorted(choices)
+
+
+def test_a_trial_is_scored_after_its_last_evaluation_not_its_best(base, cola_search, tmp_path):
+    # as the final runs are: a trial's best epoch would favour a score that only fluctuates
+    space = dataclasses.replace(load_space(TINY), fixed={"epochs": 3, "batch_size": 32},
+                                pruner={"name": "none"})
+    outcome, tracker = _run(base, cola_search, space, tmp_path, "last", 2)
+    for trial in outcome.study.trials:
+        steps = sorted(trial.intermediate_values)
+        assert len(steps) == 3
+        assert trial.value == trial.intermediate_values[steps[-1]]
+        assert trial.user_attrs["config"]["select_best"] is False

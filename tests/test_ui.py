@@ -17,7 +17,7 @@ import pytest
 
 from bitfit.orchestrate import artifact_key
 from tests.browser import Browser, available
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, TINY_FULL
 
 
 
@@ -31,7 +31,8 @@ def searched(stack, glue_dir, tmp_path_factory):
     env = {**os.environ, **stack.env(), "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, str(ROOT / "flows" / "search.py"), "--task", "sst2", "--data-dir",
-         str(glue_dir), "--quick", "--n-trials", "2", "--max-train-samples", "300",
+         str(glue_dir), "--space", TINY, "--baseline-space", TINY_FULL, "--n-trials", "2",
+         "--max-train-samples", "300",
          "--seeds", "1", "--eval-processes", "1", "--home", str(home), "--json"],
         capture_output=True, text=True, env=env, cwd=home, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
