@@ -111,6 +111,18 @@ def study_flops(storage: str, name: str, data: TaskData, config: Any) -> tuple[f
     return training, evaluation, train_tokens, eval_tokens
 
 
+def _final(summary: dict[str, Any]) -> dict[str, Any]:
+    """Each method's dev main metric per seed and its mean, and the verdict."""
+    evaluation = summary.get("evaluation") or {}
+    metric = summary.get("metric", "mcc")
+    scores: dict[str, list[float]] = {}
+    for key, metrics in (evaluation.get("runs") or {}).items():
+        scores.setdefault(key.rsplit("-seed", 1)[0], []).append(round(metrics[metric], 4))
+    return {"metric": metric, "per_seed": scores,
+            "mean": {m: round(float(np.mean(v)), 4) for m, v in scores.items()},
+            "verdict": (evaluation.get("verdict") or {}).get("verdict")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=1.0)
@@ -190,6 +202,9 @@ def main() -> None:
         "target": {"efficiency": ">= 0.5"},
         "best": {"bitfit": summary.get("best_value"),
                  "full": summary.get("baseline", {}).get("best_value")},
+        "best_params": {"bitfit": summary.get("best_params"),
+                        "full": summary.get("baseline", {}).get("best_params")},
+        "final": _final(summary),
         **run.info()})
 
 

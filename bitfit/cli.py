@@ -24,7 +24,7 @@ from pathlib import Path
 from bitfit.biases import METHODS
 from bitfit.models import POOLINGS
 from bitfit.settings import HOME_ENV, home_dir
-from bitfit.train import PRECISIONS
+from bitfit.train import PRECISIONS, SCHEDULES
 
 __all__ = ["HOME_ENV", "home_dir", "main"]
 
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--per-device-train-batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="after the warmup: "
+                   "linear decay to 0, or the rate held constant")
+    p.add_argument("--max-steps", type=int, default=None, help="train this many optimiser "
+                   "steps instead of --epochs")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=None,
                    help="dropout probability everywhere (default: the checkpoint's own)")
@@ -90,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Flags that count something, and their least value: caught here, before anything loads.
 _AT_LEAST = {"epochs": 1, "batch_size": 1, "max_train_samples": 1, "max_length": 8,
-             "eval_every": 1, "seed": 0}
+             "eval_every": 1, "seed": 0, "max_steps": 1}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -130,11 +134,14 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # the best evaluation is kept only where it is chosen on a split carved from train: chosen
+    # on dev, the dev score it reports would be chosen on itself
     config = TrainConfig(
         method=args.method, subset=args.subset, learning_rate=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, warmup_ratio=args.warmup_ratio,
+        schedule=args.schedule, max_steps=args.max_steps,
         weight_decay=args.weight_decay, eval_every=args.eval_every, precision=args.precision,
-        dropout=args.dropout,
+        dropout=args.dropout, select_best=args.validation_fraction is not None,
     )
     own = own_data(args)
     task = resolve_task(args.task, own)
@@ -179,7 +186,10 @@ def _print_human(summary: dict) -> None:
               f"{parts}")
     best = summary["best_metrics"]
     if best:
-        print(f"best ({summary['selection_split']} {metric}, step {summary['best_step']}): " +
+        chosen = (f"best ({summary['selection_split']} {metric}, step {summary['best_step']})"
+                  if summary["config"]["select_best"] else
+                  f"after the last step ({summary['best_step']}; the artifact's)")
+        print(f"{chosen}: " +
               "  ".join(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items())
                         for split, m in best.items()))
         print("train sample: " + " ".join(f"{k} {v:.4f}"
