@@ -48,6 +48,7 @@ FILES = {
         + "\n" for i in range(80)),
     "empty_label.csv": "sentence,label\ngood film,pos\nbad film,\nfine film,pos\n",
     "train.csv": "sentence,label\ngood film,pos\nbad film,neg\nfine film,pos\nawful,neg\n",
+    "lopsided.csv": "sentence,label\ngood film,pos\nfine film,pos\nnice film,pos\nawful,neg\n",
     "dev_extra.csv": "sentence,label\nok film,pos\nmeh film,neutral\n",
     "empty.csv": "",
     "table.xlsx": "not a spreadsheet",
@@ -165,7 +166,9 @@ CASES = [
     ("search", ["--task", "sst2", "--data-dir", "{badglue}", "--home", "{home}",
                 "--no-baseline", "--seeds", "0"], "SST-2/train.tsv"),
     ("search", [*SEARCH, "--model", "{root}/no-model"], "no-model"),
-    ("search", [*SEARCH, "--max-train-samples", "5"], "cannot carve a 10% validation split"),
+    ("search", ["--task", "mine", "--train-file", "{files}/lopsided.csv", "--dev-file",
+                "{files}/train.csv", "--home", "{home}", "--no-baseline", "--seeds", "0"],
+     "cannot carve a 2 validation split"),
     ("search", [*SEARCH, "--model", "bert-base-cased"], "bert-base-cased"),
     # a study resumed with other settings
     ("search", [*SEARCH, "--study-name", "done", "--space", "{spaces}/other_lr.yaml"],

@@ -19,12 +19,14 @@ def test_every_shipped_space_loads(name):
 def test_the_bitfit_space_in_optunas_own_objects():
     space = load_space("bitfit")
 
-    assert space.distributions["learning_rate"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert space.distributions["learning_rate"] == FloatDistribution(3e-4, 5e-3, log=True)
     assert space.distributions["subset"] == CategoricalDistribution(
         ["all", "qm2", "attention", "mlp", "layernorm"])
-    config = space.config_for({"learning_rate": 3e-3, "subset": "qm2"})
-    assert (config.method, config.subset, config.learning_rate, config.epochs) == (
-        "bitfit", "qm2", 3e-3, 3)
+    assert space.distributions["schedule"] == CategoricalDistribution(["linear", "constant"])
+    config = space.config_for({"learning_rate": 3e-3, "subset": "qm2", "epochs": 8,
+                               "batch_size": 16, "schedule": "constant"})
+    assert (config.method, config.subset, config.learning_rate, config.epochs,
+            config.batch_size, config.schedule) == ("bitfit", "qm2", 3e-3, 8, 16, "constant")
 
 
 def test_term_switches_compose_a_subset_and_none_is_head_only():

@@ -136,7 +136,7 @@ def test_the_mlflow_and_prefect_uis_show_the_search(searched):
         # the evaluation's run: the report as its description
         evaluation = summary["evaluation"]["evaluation_run_id"]
         browser.open(f"{ui}/#/experiments/{experiment}/runs/{evaluation}",
-                     "final evaluation on validation", "Welch")
+                     "final evaluation on validation", "non-inferiority")
         browser.screenshot(shots / "mlflow-evaluation-run.png")
         # the registered model and its champion
         browser.open(f"{ui}/#/models/bitfit-sst2", "Version 1", "champion")
