@@ -194,11 +194,13 @@ def check_tracking(uri: str) -> None:
 
 
 def check_prefect_api() -> None:
-    """With ``PREFECT_API_URL`` set, the Prefect server must answer."""
+    """With ``PREFECT_API_URL`` set, the Prefect server must answer; without it, Prefect's
+    temporary API is started now (``start_temporary_prefect``), before any work."""
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
     if not url:
+        start_temporary_prefect()
         return
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/health",  # noqa: S310
@@ -210,6 +212,34 @@ def check_prefect_api() -> None:
         reason = str(getattr(err, "reason", err))
     raise ServiceError(f"cannot reach the Prefect server at PREFECT_API_URL={mask_url(url)} "
                        f"({reason}): start it, or unset PREFECT_API_URL to run locally")
+
+
+def start_temporary_prefect(attempts: int = 2) -> None:
+    """Start Prefect's temporary API (the one a flow starts without ``PREFECT_API_URL``) now,
+    allowing it ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (bitfit's default 180: on
+    a fresh ``PREFECT_HOME`` it first builds its database, over 20 s on a busy 2-core machine)
+    and a second try with a fresh process; the flow then finds it running. One sentence if it
+    never answers."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return
+    timeout = settings.server.ephemeral.startup_timeout_seconds
+    reason = ""
+    for _ in range(attempts):
+        server = SubprocessASGIServer()
+        try:
+            server.start(timeout=timeout)
+            return
+        except RuntimeError as err:
+            reason = _first_line(err).split(" stdout:")[0].rstrip(".")
+            server.stop()  # its process, and the instance a flow would reuse
+    raise ServiceError(f"Prefect's temporary API did not answer within {timeout} s, "
+                       f"{attempts} times ({reason}): raise "
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start `prefect "
+                       "server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
 def _first_line(err: BaseException) -> str:

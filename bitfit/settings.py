@@ -25,7 +25,11 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout is ours
              "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-             **MLFLOW_HTTP_DEFAULTS}
+             **MLFLOW_HTTP_DEFAULTS,
+             # Prefect's temporary API waits 20 s for its server by default; on a fresh
+             # PREFECT_HOME the server first builds its database, which took longer on a busy
+             # 2-core machine in 3 of about 9 first runs (services.start_temporary_prefect)
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:

@@ -13,6 +13,7 @@ import json
 import sys
 
 from bitfit.entry import run_command
+from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
@@ -33,16 +34,24 @@ def prepare(task: str = "cola", data_dir: str | None = None, train_file: str | N
             validation_fraction: float | None = pipeline.HELDOUT_FRACTION) -> dict:
     """Prepare a task's data for a search; returns the split sizes."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
-    return pipeline.prepare(config, validation_fraction=validation_fraction,
-                            phase=orchestrate.as_task)
+    with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too
+        return pipeline.prepare(config, validation_fraction=validation_fraction,
+                                phase=orchestrate.as_task)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands.prepare_arguments(parser)
     args = parser.parse_args(argv)
-    fields = orchestrate.flow_fields(prepare, commands.config(args))
-    return run_command(lambda: prepare(**fields), show=lambda r: print(json.dumps(r)))
+
+    def work() -> dict:
+        from bitfit.services import check_prefect_api
+
+        fields = orchestrate.flow_fields(prepare, commands.config(args))
+        check_prefect_api()
+        return prepare(**fields)
+
+    return run_command(work, show=lambda r: print(json.dumps(r)))
 
 
 if __name__ == "__main__":
