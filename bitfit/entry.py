@@ -5,21 +5,25 @@
 A user's mistake or an unreachable service prints ``error: <one sentence>`` and exits 2; a study
 whose every trial failed exits 1; SIGINT, SIGTERM and SIGHUP end the run cleanly (the trial they hit
 is failed as ``interrupted`` and runs again first on the same command) and exit 128 + the signal's
-number. Anything else is a bug and keeps its traceback.
+number, even where the signal's exception was swallowed on its way (``bitfit.interrupts``).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from bitfit.interrupts import catch_signals, exit_code, is_interruption, signal_name
+from bitfit.interrupts import (Interrupted, catch_signals, exit_code, is_interruption, received,
+                               signal_name)
 from bitfit.services import mask_url
 from bitfit.settings import quiet_environment, quiet_logging
 
 __all__ = ["at_least", "positive", "quiet_environment", "quiet_logging", "run_command",
-           "user_error"]
+           "user_error", "writable_folder"]
 
 
 def user_error(err: BaseException) -> str | None:
@@ -48,25 +52,32 @@ def _one_line(err: BaseException) -> str:
 
 def run_command(work: Callable[[], Any], *, show: Callable[[Any], None]) -> int:
     """Run ``work`` as a command: show its result, or say what went wrong; the exit code."""
-    from bitfit.study import StudyFailed
-
     quiet_logging()
+    seen: str | None = None  # a signal received while the work ran, whatever became of it
     try:
         with catch_signals():
-            result = work()
+            try:
+                result = work()
+            finally:
+                seen = received()
+            if seen:  # its exception was swallowed somewhere (a __del__, a GC callback)
+                raise Interrupted(seen)
     except SystemExit:
         raise
     except BaseException as err:
-        if is_interruption(err):
-            print(f"error: interrupted by {signal_name(err)}: finished trials and runs are "
+        if is_interruption(err) or seen:
+            name = seen or signal_name(err)
+            print(f"error: interrupted by {name}: finished trials and runs are "
                   "kept; run the same command to resume (an interrupted trial runs again first)",
                   file=sys.stderr)
-            return exit_code(err)
+            return exit_code(Interrupted(name))
         if not isinstance(err, Exception):
             raise
         message = user_error(err)
         if message is None:
             raise
+        from bitfit.study import StudyFailed
+
         print(f"error: {message}", file=sys.stderr)
         return 1 if isinstance(err, StudyFailed) else 2
     show(result)
@@ -86,3 +97,21 @@ def at_least(least: int, **counts: int | None) -> None:
 def positive(**counts: int | None) -> None:
     """Refuse a count below 1 (None means 'the default')."""
     at_least(1, **counts)
+
+
+def writable_folder(path: str | os.PathLike[str], flag: str) -> None:
+    """Refuse, before any work, a folder that could not be made or written later: a file, a
+    path under a file, or a place this user cannot write to."""
+    p = Path(path).expanduser()
+    shown = repr(str(path))
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {shown} is a file, not a folder: choose a folder")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {shown} is under {str(existing)!r}, which is a file, not a "
+                         "folder: choose a folder that is not inside a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {shown} cannot be written ({str(existing)!r} is not "
+                         "writable for you): choose a folder you can write to")

@@ -50,22 +50,59 @@ def exit_code(err: BaseException) -> int:
     return 128 + getattr(signal, signal_name(err), signal.SIGINT)
 
 
+# Signals received within the outermost catch_signals, in order. Raising from a signal handler
+# is not enough: Python runs the handler wherever the main thread is, and an exception raised
+# inside a __del__ or a garbage-collection callback is printed ("Exception ignored in") and
+# dropped. The record is what cannot be lost: the work stops at its next safe point
+# (stop_if_interrupted: every training step and evaluation batch, trial, seed and cell), and
+# the command exits 128 + the signal's number whatever happened to the exception.
+_received: list[str] = []
+_chained: list[dict[int, object]] = []  # per catch_signals block: the handlers it replaced
+_depth = 0
+
+
+def received() -> str | None:
+    """The first signal received within the current command (None: none)."""
+    return _received[0] if _received else None
+
+
+def stop_if_interrupted() -> None:
+    """A safe point: raise ``Interrupted`` if a signal has been received, so that one whose
+    exception was swallowed still stops the work here."""
+    if _received:
+        raise Interrupted(_received[0])
+
+
 def _raise(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    _received.append(name)
+    previous = _chained[-1].get(signum) if _chained else None
+    if callable(previous) and previous is not _raise and previous is not signal.default_int_handler:
+        previous(signum, frame)  # a flow run's own handler (Prefect's TerminationSignal)
+    raise Interrupted(name)
 
 
 @contextlib.contextmanager
 def catch_signals() -> Iterator[None]:
-    """Within the block SIGTERM, SIGHUP and SIGINT raise ``Interrupted`` (main thread only)."""
-    previous = {}
+    """Within the block SIGTERM, SIGHUP and SIGINT are recorded and raise ``Interrupted`` (main
+    thread only). Nested inside a Prefect flow run, the signal also goes to the handler the flow
+    engine installed, which raises its own ``TerminationSignal`` and ends the flow run."""
+    global _depth
+    previous: dict[int, object] = {}
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             previous[sig] = signal.signal(sig, _raise)
+    _chained.append(previous)
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
+        _chained.pop()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        if _depth == 0:
+            _received.clear()
 
 
 def _start_time(pid: int) -> str:

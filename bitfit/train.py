@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from bitfit import dropout
 from bitfit.biases import METHODS, RandomMask, parse_subset, random_mask, select_biases
 from bitfit.data import Encoded, TaskData, collate, eval_batches, train_batches
+from bitfit.interrupts import stop_if_interrupted
 from bitfit.metrics import compute_metrics, predictions_from_logits
 from bitfit.models import BaseModel, TextClassifier
 
@@ -246,6 +247,7 @@ def predict(model: TextClassifier, data: Encoded, *, batch_size: int, pad_id: in
     model.eval()
     out = np.zeros((len(data), model.head.out_features), dtype=np.float32)
     for rows in eval_batches(data, batch_size):
+        stop_if_interrupted()
         batch = {k: v.to(device) for k, v in collate(data, rows, pad_id=pad_id).items()
                  if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -595,6 +597,7 @@ def _train_loop(
                                 group_by_length=config.group_by_length)
         tick = time.perf_counter()
         for i, rows in enumerate(batches, 1):
+            stop_if_interrupted()  # a signal whose exception was swallowed stops the run here
             batch = {k: v.to(device) for k, v in collate(data.train, rows, pad_id=pad_id).items()}
             loss = train_step(model, batch, optimizer, scheduler, params=params,
                               max_grad_norm=config.max_grad_norm, precision=precision,

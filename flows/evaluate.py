@@ -12,6 +12,7 @@ import json
 import sys
 
 from bitfit.entry import run_command
+from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
@@ -39,8 +40,9 @@ def evaluate(bitfit_study: str = "cola-bitfit", full_study: str | None = None,
     up to 4; 1: one after another)."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    return pipeline.evaluate(config, bitfit_study=bitfit_study, full_study=full_study,
-                             phase=orchestrate.as_task, report=orchestrate.PrefectReport())
+    with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too
+        return pipeline.evaluate(config, bitfit_study=bitfit_study, full_study=full_study,
+                                 phase=orchestrate.as_task, report=orchestrate.PrefectReport())
 
 
 def main(argv: list[str] | None = None) -> int:

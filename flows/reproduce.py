@@ -12,6 +12,7 @@ import json
 import sys
 
 from bitfit.entry import run_command
+from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
@@ -45,8 +46,9 @@ def reproduce_flow(tasks: tuple[str, ...] | None = None,
     ``train_file`` and ``dev_file``."""
     config = reproduce.ReproduceConfig.of(locals())
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    return reproduce.run(config, phase=orchestrate.as_task,
-                         report=orchestrate.PrefectReport())
+    with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too
+        return reproduce.run(config, phase=orchestrate.as_task,
+                             report=orchestrate.PrefectReport())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import json
 import sys
 
 from bitfit.entry import run_command
+from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
 
 quiet_environment()  # before Prefect reads its settings
@@ -46,8 +47,9 @@ def study(task: str = "cola", data_dir: str | None = None, train_file: str | Non
     is spent, together with every other worker on the same storage."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    return pipeline.run(dataclasses.replace(config, baseline=False, seeds=0),
-                        phase=orchestrate.as_task, report=orchestrate.PrefectReport())
+    with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too
+        return pipeline.run(dataclasses.replace(config, baseline=False, seeds=0),
+                            phase=orchestrate.as_task, report=orchestrate.PrefectReport())
 
 
 @flow(name="bitfit-search", flow_run_name="{task}-search")
@@ -72,8 +74,9 @@ def search(task: str = "cola", data_dir: str | None = None, train_file: str | No
     """
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
-    return pipeline.run(config, phase=orchestrate.as_task, on_workers=orchestrate.on_workers,
-                        report=orchestrate.PrefectReport())
+    with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too
+        return pipeline.run(config, phase=orchestrate.as_task,
+                            on_workers=orchestrate.on_workers, report=orchestrate.PrefectReport())
 
 
 def main(argv: list[str] | None = None) -> int:
