@@ -112,14 +112,26 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be a number above 0 (e.g. 1e-3), got {args.lr}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         raise ValueError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
+    from bitfit.entry import writable_folder
+    from bitfit.pipeline import check_device, check_length
+
+    fraction = args.validation_fraction
+    if fraction is not None and not (math.isfinite(fraction) and 0 < fraction < 1):
+        raise ValueError(f"--validation-fraction must be a share between 0 and 1 (e.g. 0.1), "
+                         f"got {fraction}")
+
+    check_device(args.device)
+    check_length(args.model, args.max_length)
+    writable_folder(home_dir(args.home), "--home (or $BITFIT_HOME)")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"--out {out} is a file, not a folder: pass a folder")
-        if any(out.iterdir()) and not args.overwrite:
-            raise FileExistsError(f"--out {out} already exists and is not empty: pass "
-                                  f"--overwrite to replace the artifact in it, or choose a new "
-                                  f"folder")
+    if out is not None and out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder: pass a folder")
+    if out is not None:
+        writable_folder(out, "--out")
+    if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {out} already exists and is not empty: pass "
+                              f"--overwrite to replace the artifact in it, or choose a new "
+                              f"folder")
 
 
 def _train(args: argparse.Namespace) -> dict[str, object]:

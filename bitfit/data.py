@@ -93,7 +93,33 @@ def load_splits(
     else:
         glue_dir = data_dir if data_dir is not None else os.environ.get(GLUE_DIR_ENV)
         splits = _read_glue_dir(task, Path(glue_dir)) if glue_dir else _read_hub(task)
-    return task, {s: _normalise(task, split, classes_from) for s, split in splits.items()}
+    frames = {s: _normalise(task, split, classes_from) for s, split in splits.items()}
+    if TEST_SPLIT in frames:
+        _refuse_leaked_test(task, frames, test_file)
+    return task, frames
+
+
+LEAK_SHARE = 0.1  # a test file sharing more of its texts with train or dev is refused
+
+
+def _refuse_leaked_test(task: Task, frames: dict[str, pd.DataFrame],
+                        test_file: str | os.PathLike[str] | None) -> None:
+    """A test file scores what no study or run has seen: refuse one that shares more than
+    ``LEAK_SHARE`` of its texts with the training or dev file (the same file given twice, most
+    often), since its scores would read as a held-out result."""
+    columns = list(task.text_columns)
+
+    def texts(frame: pd.DataFrame) -> pd.Series:
+        return frame[columns].astype(str).agg("\x1f".join, axis=1).str.strip()
+
+    test = texts(frames[TEST_SPLIT])
+    for split, role in (("train", "training"), ("validation", "dev")):
+        shared = int(test.isin(set(texts(frames[split]))).sum())
+        if shared > LEAK_SHARE * len(test):
+            raise ValueError(
+                f"test file {str(test_file)!r} shares {shared} of its {len(test)} texts with the "
+                f"{role} file: its scores would not be held out; point --test-file to "
+                f"labelled rows that are in neither the training nor the dev file")
 
 
 def _read_custom(
@@ -115,6 +141,8 @@ def _read_custom(
                 f"{', '.join(map(str, split.frame.columns))}: name the right ones with "
                 f"--text-columns and --label-column"
             )
+        if task.columns:
+            _refuse_header_row(split, task.label_column)
     classes_from = None
     if not task.is_regression and not task.label_names:
         labels = splits["train"].frame[task.label_column]
@@ -126,6 +154,32 @@ def _read_custom(
         for s, split in splits.items()
     }
     return task, renamed, classes_from
+
+
+# what a header row calls its label column, most often
+_LABEL_HEADERS = {"label", "labels", "class", "category", "target", "y", "sentiment", "score",
+                  "stars", "rating", "gold_label", "topic"}
+
+
+def _refuse_header_row(split: _Split, label_column: str) -> None:
+    """Under ``--columns`` (no header), refuse a first line that is a header row: it would train
+    as a row whose label is a column's name, a class of its own."""
+    frame = split.frame
+    first = [str(v).strip() for v in frame.iloc[0]]
+    label = first[list(frame.columns).index(label_column)]
+    looks = [v.lower() for v in first] == [str(c).lower() for c in frame.columns]
+    if not looks and len(frame) >= 20:
+        counts = frame[label_column].astype(str).str.strip().value_counts()
+        others = counts.drop(label)
+        numbers = pd.to_numeric(pd.Series(others.index), errors="coerce").notna().all()
+        looks = (counts[label] == 1 and bool((others >= 2).all())
+                 and (label.lower() in _LABEL_HEADERS
+                      or numbers and pd.isna(pd.to_numeric(label, errors="coerce"))))
+    if looks:
+        raise ValueError(
+            f"{split.source} line {frame.index[0]} looks like a header row "
+            f"({','.join(first)}), but --columns says the file has none: leave --columns out "
+            f"to read that line as the header, or remove it")
 
 
 _TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -201,39 +255,35 @@ def _tsv_records(text: str) -> list[tuple[int, list[str]]]:
 
 
 def _csv_records(text: str, source: str) -> list[tuple[int, list[str]]]:
-    """(first line, fields) of each CSV record, refusing records that span lines.
+    """(first line, fields) of each CSV record, as CSV readers read them: a quoted field may hold
+    commas, doubled quotes and line breaks.
 
-    One stray ``"`` opens a quoted field that swallows the lines up to the next quote, so a file
-    would silently lose rows: a record must end on the line it starts on.
+    The reader is strict, so a stray ``"`` that opens a quoted field is refused at its line
+    instead of silently swallowing the lines up to the next quote: such a field ends at the end
+    of the file or at a quote with more text after it, both errors in strict CSV.
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     records: list[tuple[int, list[str]]] = []
-    spans: tuple[int, int] | None = None
     start = 1
     try:
         for fields in reader:
             if fields:  # csv gives [] for an empty line
                 records.append((start, fields))
-                if spans is None and reader.line_num > start:
-                    spans = (start, reader.line_num)
             start = reader.line_num + 1
-    except csv.Error as err:  # a field past csv's size limit, most often a quote left open
+    except csv.Error as err:  # a field past csv's size limit, a quote left open, or stray text
         if reader.line_num <= start:
-            raise ValueError(f"{source} line {start} cannot be read as CSV ({err}): shorten "
-                             f"or fix that line") from None
-        raise ValueError(_runaway_quote(source, start, f"past line {reader.line_num}")) from None
-    if spans is not None:
-        data_lines = sum(1 for line in _lines(text) if line) - 1
-        raise ValueError(_runaway_quote(
-            source, spans[0],
-            f"to line {spans[1]}, so its {data_lines} data lines read as {len(records) - 1} rows",
-        ))
+            raise ValueError(f"{source} line {start} cannot be read as CSV ({err}): quote the "
+                             f"field whole (\"...\", with any quote in it doubled) or fix that "
+                             f"line") from None
+        reach = ("to the end of the file" if "unexpected end of data" in str(err)
+                 else f"to line {reader.line_num}, where it closes with more text after it")
+        raise ValueError(_runaway_quote(source, start, reach)) from None
     return records
 
 
 def _runaway_quote(source: str, line: int, reach: str) -> str:
     return (f"{source} has a quoted field that starts on line {line} and runs on {reach}: balance "
-            f"or remove the '\"' on line {line} (fields that span lines are not supported)")
+            f"or remove the '\"' on line {line} (a field that spans lines is quoted whole)")
 
 
 def _table(
@@ -663,6 +713,7 @@ class TaskData:
     train: Encoded
     evals: dict[str, Encoded]
     source: str
+    max_length: int = 128  # tokens: longer texts were truncated, and a predictor must do the same
 
     @property
     def selection_split(self) -> str:
@@ -719,7 +770,7 @@ def prepare(
     enc = {s: encode(task, f, tokenizer, max_length=max_length, cache_dir=cache_dir)
            for s, f in {"train": train, **evals}.items()}
     train_enc = enc.pop("train")
-    return TaskData(task, train_enc, enc, source)
+    return TaskData(task, train_enc, enc, source, max_length)
 
 
 # --------------------------------------------------------------------------- batches

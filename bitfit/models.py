@@ -53,6 +53,22 @@ def resolve_model(model: str | None) -> tuple[str, str]:
     return model, model
 
 
+def max_positions(model: str | None) -> int | None:
+    """The longest input, in tokens, that a model takes, read from its folder's config.json
+    (no weights load); None for a Hub id or a config that does not say."""
+    try:
+        path, _ = resolve_model(model)
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (ModelLoadError, OSError, ValueError, ImportError):
+        return None
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return None
+    if "roberta" in str(config.get("model_type", "")) or config.get("model_type") == "camembert":
+        positions -= (config.get("pad_token_id") or 1) + 1  # positions start after the padding's
+    return positions
+
+
 def detect_pooling(path: str, *, has_pooler: bool) -> str:
     """The pooling a checkpoint was trained for: what its sentence-transformers config declares,
     else BERT's pooler where the model has one, else the first token."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bitfit.data import TaskData
-from bitfit.entry import at_least, positive
+from bitfit.entry import at_least, positive, writable_folder
 from bitfit.models import BaseModel
 from bitfit.services import mask_url
 
@@ -167,8 +167,14 @@ def resolve_task(task: str, own: OwnData = OwnData()):
     if missing:
         raise ValueError(f"--columns {own.columns} has no column {missing[0]!r}: name it there, "
                          "or fix --text-columns / --label-column")
-    return custom_task(task, text_columns=texts, label_column=own.label_column,
-                       regression=own.regression, columns=columns)
+    custom = custom_task(task, text_columns=texts, label_column=own.label_column,
+                         regression=own.regression, columns=columns)
+    if own.test_file:  # its labels and its overlap with train and dev, before any work
+        from bitfit.data import load_splits
+
+        load_splits(custom, train_file=own.train_file, dev_file=own.dev_file,
+                    test_file=own.test_file)
+    return custom
 
 
 def _stderr(line: str) -> None:
@@ -204,6 +210,7 @@ def check_stores(storage: str | None, tracking_uri: str | None, home: str) -> tu
     from bitfit.study import default_storage
     from bitfit.tracking import default_tracking_uri
 
+    writable_folder(home, "--home (or $BITFIT_HOME)")
     try:
         Path(home).mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -234,6 +241,20 @@ def check_shared_stores(workers: int, storage: str, tracking_uri: str) -> None:
             f"--workers {workers} needs an MLflow tracking server that every worker logs to, "
             f"and {mask_url(tracking_uri)} is local to this machine: set --tracking-uri or "
             "$MLFLOW_TRACKING_URI to http://HOST:PORT (python infra/stack.py starts one)")
+
+
+def check_length(model: str | None, max_length: int | None, flag: str = "--max-length") -> None:
+    """At least 8 tokens, and no more than the model takes (its config.json says; a longer one
+    would fail inside the model on the first long text, after work is done)."""
+    from bitfit.models import max_positions
+
+    if max_length is None:
+        return
+    at_least(8, **{flag.lstrip("-").replace("-", "_"): max_length})
+    limit = max_positions(model)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"{flag} {max_length} is longer than the {limit} tokens that model "
+                         f"{model or 'all-MiniLM-L6-v2'!r} takes: use {limit} or less")
 
 
 def check_device(device: str) -> None:
@@ -281,8 +302,7 @@ def check_search(config: Config) -> Config:
     positive(n_trials=c.n_trials, workers=c.workers, threads=c.threads,
              eval_processes=c.eval_processes, trial_processes=c.trial_processes,
              max_train_samples=c.max_train_samples)
-    if c.max_length is not None:
-        at_least(8, max_length=c.max_length)
+    check_length(c.model, c.max_length)
     seeds = c.seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"--seeds must be a whole number, 0 (stop after the studies) or more, "
@@ -324,8 +344,7 @@ def check_evaluation(config: Config) -> Config:
     c = config.resolved()
     positive(seeds=c.seeds, eval_processes=c.eval_processes,
              max_train_samples=c.max_train_samples)
-    if c.max_length is not None:
-        at_least(8, max_length=c.max_length)
+    check_length(c.model, c.max_length)
     _check_extra(c.extra_methods)
     check_device(c.device)
     resolve_task(c.task, c.own)
@@ -647,9 +666,12 @@ def print_summary(summary: dict[str, Any]) -> None:
           + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
              if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
     print(f"see it: {summary['mlflow_ui']}")
-    if summary.get("prefect_flow_run", {}).get("ui"):
-        print(f"Prefect: flow run {summary['prefect_flow_run']['name']} at "
-              f"{summary['prefect_flow_run']['ui']}")
+    prefect_run = summary.get("prefect_flow_run") or {}
+    if prefect_run.get("ui"):
+        print(f"Prefect: flow run {prefect_run['name']} at {prefect_run['ui']}")
+    elif prefect_run:
+        print(f"Prefect: flow run {prefect_run['name']} ran on Prefect's temporary API, which "
+              "ends with this command (set PREFECT_API_URL to a Prefect server to keep its runs)")
 
 
 # --------------------------------------------------------------------------- phases and the run
@@ -786,7 +808,8 @@ def prepare(config: Config = Config(), *, validation_fraction: float | None = HE
 
     c = config.resolved()
     positive(max_train_samples=c.max_train_samples)
-    at_least(8, max_length=c.max_length or 128)
+    check_length(c.model, c.max_length or 128)
+    writable_folder(c.home, "--home (or $BITFIT_HOME)")
     own = c.own
     the_task = resolve_task(c.task, own)
     base = phase(load_model, c.model, c.pooling)

@@ -220,7 +220,31 @@ def test_a_stray_quote_that_swallows_csv_rows_is_refused_at_its_line(tmp_path):
     message = _refusal(ValueError, TOPIC, train_file=train, dev_file=dev)
 
     assert message.startswith(f"training file '{train}' has a quoted field that starts on line 12")
-    assert "its 80 data lines read as 11 rows: balance or remove the '\"' on line 12" in message
+    assert "runs on to the end of the file: balance or remove the '\"' on line 12" in message
+
+
+def test_a_stray_quote_closed_by_a_later_quoted_field_is_refused_at_its_line(tmp_path):
+    rows = _rows(20)
+    rows[3] = '"text 3 opens a quote,neg'  # line 5
+    rows[8] = '"text 8, quoted",pos'  # line 10: its opening quote closes line 5's field
+    train, dev = _csv(tmp_path, rows), _csv(tmp_path, _rows(4), "d.csv")
+
+    message = _refusal(ValueError, TOPIC, train_file=train, dev_file=dev)
+
+    assert message.startswith(f"training file '{train}' has a quoted field that starts on line 5")
+    assert "to line 10, where it closes with more text after it" in message
+
+
+def test_a_quoted_csv_field_may_hold_line_breaks_commas_and_quotes(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,topic\n"first line\nsecond, with a comma",pos\n'
+                    '"she said ""no""",neg\nplain,pos\n', encoding="utf-8")
+
+    _, frames = load_splits(TOPIC, train_file=path, dev_file=path)
+
+    assert frames["train"]["text"].tolist() == ["first line\nsecond, with a comma",
+                                                 'she said "no"', "plain"]
+    assert frames["train"]["label"].tolist() == [1, 0, 1]  # neg, pos sorted
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".txt"])
@@ -476,3 +500,22 @@ def test_the_final_runs_never_train_on_the_rows_a_study_held_out(base, glue_dir,
     assert len(held & texts(final.train)) <= 2
     assert texts(study.train) <= texts(final.train)
     assert len(final.train) + len(held) == 2490  # RTE's training split, less the held-out rows
+
+
+@pytest.mark.parametrize("header, columns", [("text,y", ("text", "y")),  # the names given
+                                             ("review,label", ("text", "y")),  # other names
+                                             ("review,stars", ("text", "y"))])
+def test_a_header_row_under_columns_is_refused_not_trained_as_a_class(tmp_path, header, columns):
+    rows = [f"text {i},{i % 2}" for i in range(30)]
+    path = _csv(tmp_path, rows, header=header)
+    task = custom_task("mine", text_columns=(columns[0],), label_column=columns[1],
+                       columns=columns)
+
+    message = _refusal(ValueError, task, train_file=path, dev_file=path)
+
+    assert message == (f"training file '{path}' line 1 looks like a header row ({header}), but "
+                       f"--columns says the file has none: leave --columns out to read that line "
+                       f"as the header, or remove it")
+    _, frames = load_splits(task, train_file=_csv(tmp_path, rows, "plain.csv", header=f"x,{1}"),
+                            dev_file=path.with_name("plain.csv"))  # a first row of data is read
+    assert len(frames["train"]) == 31 and frames["train"]["text"].iloc[0] == "x"
