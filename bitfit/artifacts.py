@@ -7,8 +7,10 @@ applying it to any other is refused. Loading reads safetensors and JSON only, ne
 
 Only a completed run makes an artifact: a diverged or stopped run's tensors are not written, and a
 manifest that says otherwise is refused. The manifest's fields that change what the artifact does
-(base model, pooling, task, method, subset, status, tensors) are sealed by ``identity_sha256``, so
-that a hand edit (making it load on another pooling, say) is refused rather than obeyed.
+(base model, pooling, task, method, subset, status, tensors, the input length, the LoRA rank) are
+sealed by ``identity_sha256``, so that a hand edit (making it load on another pooling, say) is
+refused rather than obeyed. The tensors file carries the same fields in its header, so a manifest
+cannot be passed off as one written before the seal existed (format 1) to escape it.
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ from bitfit.train import TrainResult
 
 TENSORS = "trained.safetensors"
 MANIFEST = "manifest.json"
-FORMAT = 2  # 2: identity_sha256; 1 (before it) is still read
+# 3: the seal covers max_length and the LoRA rank too, and the tensors file carries it;
+# 2: identity_sha256; 1 (before it) is still read where its tensors carry no seal
+FORMAT = 3
 _IDENTITY = ("base_model", "base_weights_sha256", "family", "pooling", "task", "method", "subset",
              "status", "tensors_sha256")
 _IDENTITY_TASK = ("label_names", "regression", "text_columns")
+_SEALED_MORE = ("max_length", "lora_rank")  # format 3
+SEAL_KEY = "bitfit_seal"  # the sealed fields, in the safetensors header's metadata
+DEFAULT_MAX_LENGTH = 128
 # What apply_artifact and Predictor read, and its JSON type.
 _SCHEMA: dict[str, type | tuple[type, ...]] = {
     "format": int, "base_model": str, "base_weights_sha256": str, "family": str, "pooling": str,
@@ -87,7 +94,6 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
         else:  # rand: store the chosen scalars and where they go, not the whole matrix
             tensors[f"{name}:indices"] = mask.flatten().nonzero().flatten()
             tensors[f"{name}:values"] = value.flatten()[mask.flatten()].contiguous()
-    blob = save(tensors)
     manifest = {
         "format": FORMAT,
         "base_model": base.model_id,
@@ -108,7 +114,7 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
         "train_metrics": result.train_metrics,
         "trainable_params": result.trainable_params,
         "trainable_fraction": result.trainable_fraction,
-        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+        "tensors_sha256": "",  # below, once the tensors carry the seal
         "versions": {"bitfit": _version("bitfit"), "torch": torch.__version__,
                      "transformers": _version("transformers"),
                      "safetensors": _version("safetensors"),
@@ -118,6 +124,8 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
     if clash:  # extra must not override what the manifest itself records
         raise ValueError(f"extra manifest key {clash[0]!r} is one of the manifest's own")
     manifest.update(extra or {})
+    blob = save(tensors, metadata={SEAL_KEY: _canonical(_sealed(manifest))})
+    manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
     manifest["identity_sha256"] = _identity_sha256(manifest)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,14 +165,18 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
             f"artifact {str(folder)!r} comes from a run that ended {manifest['status']!r}: it "
             f"was not trained to completion; use an artifact of a completed run")
     if manifest["format"] >= 2 and manifest["identity_sha256"] != _identity_sha256(manifest):
-        raise ArtifactError(
-            f"manifest {str(folder / MANIFEST)!r} was edited after its run wrote it (one of "
-            f"{', '.join(_IDENTITY)} changed?), so it no longer matches its identity_sha256; "
-            f"restore the original manifest or retrain")
+        raise _edited(folder, manifest, "its identity_sha256")
     blob = (folder / TENSORS).read_bytes()
     if hashlib.sha256(blob).hexdigest() != manifest["tensors_sha256"]:
         raise ArtifactError(f"{str(folder / TENSORS)!r} does not match its manifest's hash: "
                             f"the artifact was altered; retrain or restore it")
+    seal = _tensor_seal(blob)
+    if seal is not None and (manifest["format"] < 3 or seal != _canonical(_sealed(manifest))):
+        raise _edited(folder, manifest, "the seal its tensors carry")
+    if seal is None and manifest["format"] >= 3:
+        raise ArtifactError(f"{str(folder / TENSORS)!r} carries no seal, and its format-3 "
+                            f"manifest says it should: the artifact was altered; retrain or "
+                            f"restore it")
     try:
         return manifest, load(blob)
     except SafetensorError as err:  # a format-1 manifest may hash a file that is not one
@@ -172,12 +184,54 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
                             f"retrain or restore it") from None
 
 
+def max_length_of(manifest: dict[str, Any]) -> int:
+    """The input length, in tokens, that the artifact's run trained with and predicts with."""
+    value = (manifest.get("data") or {}).get("max_length")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) \
+        else DEFAULT_MAX_LENGTH
+
+
+def _sealed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The fields that decide what an artifact predicts, less the tensors' hash (format 3)."""
+    sealed = {key: manifest[key] for key in _IDENTITY if key != "tensors_sha256"}
+    sealed["task"] = {key: manifest["task"][key] for key in _IDENTITY_TASK}
+    sealed["max_length"] = max_length_of(manifest)
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    sealed["lora_rank"] = config.get("lora_rank") if manifest["method"] == "lora" else None
+    return sealed
+
+
+def _canonical(fields: dict[str, Any]) -> str:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def _identity_sha256(manifest: dict[str, Any]) -> str:
     """SHA-256 of the fields that decide what an artifact does, as canonical JSON."""
-    identity = {key: manifest[key] for key in _IDENTITY}
-    identity["task"] = {key: manifest["task"][key] for key in _IDENTITY_TASK}
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    if manifest["format"] >= 3:
+        identity = {**_sealed(manifest), "tensors_sha256": manifest["tensors_sha256"]}
+    else:
+        identity = {key: manifest[key] for key in _IDENTITY}
+        identity["task"] = {key: manifest["task"][key] for key in _IDENTITY_TASK}
+    return hashlib.sha256(_canonical(identity).encode()).hexdigest()
+
+
+def _tensor_seal(blob: bytes) -> str | None:
+    """The sealed fields a tensors file carries in its header (None: written before the seal)."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + size])
+        seal = (header.get("__metadata__") or {}).get(SEAL_KEY)
+    except (ValueError, AttributeError):
+        return None
+    return _canonical(json.loads(seal)) if isinstance(seal, str) else None
+
+
+def _edited(folder: Path, manifest: dict[str, Any], against: str) -> ArtifactError:
+    fields = [*_IDENTITY, *(_SEALED_MORE if manifest["format"] >= 3 else ())]
+    return ArtifactError(
+        f"manifest {str(folder / MANIFEST)!r} was edited after its run wrote it (one of "
+        f"{', '.join(fields)} changed?), so it no longer matches {against}; restore the "
+        f"original manifest or retrain")
 
 
 def _read_manifest(file: Path) -> dict[str, Any]:
@@ -191,7 +245,7 @@ def _read_manifest(file: Path) -> dict[str, Any]:
     problem = _typed_keys(manifest, {"format": int}, "")
     if problem:
         raise _damaged(file, problem)
-    if manifest["format"] not in (1, FORMAT):
+    if manifest["format"] not in range(1, FORMAT + 1):
         raise ArtifactError(f"manifest {str(file)!r} has format {manifest['format']}, which this "
                             f"bitfit does not read (1 to {FORMAT}): upgrade bitfit or retrain")
     problem = _manifest_problem(manifest)
@@ -311,7 +365,7 @@ class Predictor:
                                       pooling=manifest["pooling"])
         self.model = apply_artifact(self.base, path)
         self.manifest = manifest
-        self.max_length = int(manifest.get("data", {}).get("max_length", 128))
+        self.max_length = max_length_of(manifest)
 
     @torch.inference_mode()
     def __call__(self, texts: list[str] | list[tuple[str, str]]) -> list[str] | list[float]:

@@ -404,7 +404,7 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
     artifact_bytes = 4 * result.trainable_params
     artifact = ""
     if config.method != "full":  # a full model is a checkpoint, not an artifact
-        save_artifact(result, base, task, out)
+        save_artifact(result, base, task, out, extra={"data": {"max_length": data.max_length}})
         artifact_bytes = (out / TENSORS).stat().st_size
         artifact = str(out)
     return result, SeedRun(

@@ -486,7 +486,8 @@ def _finish_tracked(tracker, run_id: str, state: str, result: TrainResult, base:
         return
     Path(home).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=home) as tmp:
-        folder = save_artifact(result, base, data.task, Path(tmp) / "artifact")
+        folder = save_artifact(result, base, data.task, Path(tmp) / "artifact",
+                               extra={"data": {"max_length": data.max_length}})
         tracker.end_trial(run_id, state, result=result, artifact_dir=folder)
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 import shutil
@@ -109,17 +110,43 @@ def test_a_run_that_did_not_complete_writes_nothing(base, cola_small, completed,
 
 def test_the_manifest_seals_only_the_fields_that_change_behaviour(base, saved, tmp_path):
     manifest = json.loads((saved / "manifest.json").read_text())
-    assert manifest["format"] == 2 and manifest["identity_sha256"] == _identity_sha256(manifest)
+    assert manifest["format"] == 3 and manifest["identity_sha256"] == _identity_sha256(manifest)
     folder = _edited(saved, tmp_path, lambda m: m.update(metrics={}, versions={"note": "moved"}))
 
     assert apply_artifact(base, folder).head.out_features == 2
 
 
+def _unsealed_tensors(folder):
+    """The tensors file as bitfit wrote it before the seal: no metadata in its header."""
+    from safetensors.torch import load, save
+
+    file = folder / "trained.safetensors"
+    file.write_bytes(save(load(file.read_bytes())))
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
 def test_an_artifact_written_before_the_seal_still_loads(base, saved, tmp_path):
     folder = _edited(saved, tmp_path, lambda m: (m.pop("identity_sha256"), m.update(format=1)))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["tensors_sha256"] = _unsealed_tensors(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
     assert load_artifact(folder)[0]["format"] == 1
     assert apply_artifact(base, folder).head.out_features == 2
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: (m.pop("identity_sha256"), m.update(format=1, pooling="cls")),  # passed off as old
+    lambda m: (m.update(format=2, pooling="cls"), _reseal(m)),  # resealed the old way
+    lambda m: _reseal(m, data={"max_length": 512}),  # the length a predictor truncates to
+])
+def test_a_sealed_artifact_cannot_escape_its_seal(base, saved, tmp_path, edit):
+    folder = _edited(saved, tmp_path, edit)
+
+    with pytest.raises(ArtifactError) as err:
+        Predictor(folder, base=base)
+    assert "was edited after its run wrote it" in str(err.value)
+    assert "no longer matches the seal its tensors carry" in str(err.value)
 
 
 def _reseal(manifest, **changes):
@@ -139,9 +166,9 @@ BAD_MANIFESTS = [
      "comes from a run that ended 'stopped'"),
     (lambda m: m.update(pooling="cls"),
      "manifest '{file}' was edited after its run wrote it (one of base_model, "
-     "base_weights_sha256, family, pooling, task, method, subset, status, tensors_sha256 "
-     "changed?), so it no longer matches its identity_sha256; restore the original manifest "
-     "or retrain"),
+     "base_weights_sha256, family, pooling, task, method, subset, status, tensors_sha256, "
+     "max_length, lora_rank changed?), so it no longer matches its identity_sha256; restore "
+     "the original manifest or retrain"),
     (_relabel, "manifest '{file}' was edited after its run wrote it"),
     (lambda m: m.update(status="completed", method="full"), "was edited after its run wrote it"),
     (lambda m: m.pop("identity_sha256"),
@@ -153,8 +180,8 @@ BAD_MANIFESTS = [
     (lambda m: m.update(subset=3), "is damaged (key 'subset' should be a string or null, got 3)"),
     (lambda m: m.update(format=True), "is damaged (key 'format' should be an integer, got True)"),
     (lambda m: m.update(format=9), "manifest '{file}' has format 9, which this bitfit does not "
-     "read (1 to 2): upgrade bitfit or retrain"),
-    ('{"format": 2, "base_model": ', "manifest '{file}' is damaged (not valid JSON: "),
+     "read (1 to 3): upgrade bitfit or retrain"),
+    ('{"format": 3, "base_model": ', "manifest '{file}' is damaged (not valid JSON: "),
     ("[1, 2]", "manifest '{file}' is damaged (expected a JSON object, got a list)"),
 ]
 
