@@ -68,12 +68,15 @@ class PrefectReport(pipeline.Report):
                                        create_table_artifact)
 
         from prefect.runtime import flow_run
+        from prefect.settings import get_current_settings
 
         from bitfit.tracking import run_url
 
-        # where the Prefect UI shows this run (its artifacts and logs)
-        summary["prefect_flow_run"] = {"id": str(flow_run.id), "name": flow_run.name,
-                                       "ui": flow_run.ui_url}
+        # where the Prefect UI shows this run (its artifacts and logs); None on the temporary
+        # API, which has no UI and ends with the command (Prefect would print "None/flow-runs")
+        summary["prefect_flow_run"] = {
+            "id": str(flow_run.id), "name": flow_run.name,
+            "ui": flow_run.ui_url if get_current_settings().ui_url else None}
         if "claims" in summary:  # a reproduction (bitfit.reproduce)
             name = summary["name"]
             create_markdown_artifact(summary["markdown"], key=artifact_key(f"reproduce-{name}"),

@@ -35,6 +35,10 @@ with warnings.catch_warnings():
         the text (first two columns: the pair of a two-text task), a list of texts or of pairs, and
         returns label names (floats for regression)."""
 
+        # MLflow's type-hint validation is for a predict with hints; this one has none, and
+        # MLflow would print an "add type hints" warning into the user's output
+        _skip_type_hint_validation = True
+
         def load_context(self, context: Any) -> None:
             from bitfit.artifacts import Predictor
 
@@ -46,11 +50,28 @@ with warnings.catch_warnings():
             import pandas as pd
 
             if isinstance(model_input, pd.DataFrame):
-                columns = [model_input[c].astype(str).tolist()
-                           for c in model_input.columns[:2 if self.pairs else 1]]
+                used = list(model_input.columns[:2 if self.pairs else 1])
+                if len(model_input) and len(used) < (2 if self.pairs else 1):
+                    raise ValueError(f"this model reads a pair of texts from the first two "
+                                     f"columns, and the input has {len(used)}: give two "
+                                     f"text columns")
+                for column in used:
+                    values = model_input[column]
+                    missing = values.isna() | values.astype(str).str.strip().eq("")
+                    if missing.any():
+                        row = model_input.index[int(missing.to_numpy().argmax())]
+                        raise ValueError(f"row {row!r} has no text in column {column!r}: give "
+                                         f"every row a text")
+                columns = [model_input[c].astype(str).tolist() for c in used]
                 texts: list = list(zip(*columns, strict=True)) if self.pairs else columns[0]
             else:
                 texts = [tuple(t) if isinstance(t, (list, tuple)) else t for t in model_input]
+                for i, text in enumerate(texts):
+                    parts = text if isinstance(text, tuple) else (text,)
+                    if any(p is None or not str(p).strip() for p in parts):
+                        raise ValueError(f"row {i} has no text: give every row a text")
+            if not texts:
+                return []  # an empty input has an empty answer
             return self.predictor(texts)
 
 

@@ -123,7 +123,8 @@ BUDGETS: dict[str, Budget] = {
               "pick each method's rate from 2; batch 8; 375 optimiser steps for BitFit, its "
               "subsets, the baselines and LoRA (6 epochs: where BitFit reached its level on "
               "SST-2 and STS-B in a sweep), 250 for full fine-tuning (4 epochs); 3 seeds; the "
-              "size curve on SST-2 at 100, 300 and 1,000 examples with 2 seeds at the same step counts"),
+              "size curve on SST-2 at 100, 300 and 1,000 examples with 2 seeds at the same "
+              "step counts"),
     "paper": Budget(
         "paper", tasks=TASKS, max_train_samples=None, seeds=5, grid_points=4, curve_sizes=None,
         curve_seeds=3, max_length=128,

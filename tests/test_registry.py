@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from bitfit.artifacts import Predictor, save_artifact
@@ -12,7 +13,7 @@ from bitfit.train import TrainConfig, train
 
 
 def test_the_champion_loads_by_name_and_predicts_as_predictor(base, sst2_small, tmp_path,
-                                                               monkeypatch):
+                                                               monkeypatch, recwarn):
     result = train(base, sst2_small, TrainConfig(epochs=1, learning_rate=5e-3,
                                                  precision="fp32"), progress=False)
     folder = save_artifact(result, base, sst2_small.task, tmp_path / "artifact")
@@ -33,6 +34,11 @@ def test_the_champion_loads_by_name_and_predicts_as_predictor(base, sst2_small, 
     texts = ["a wonderful, moving film", "dull and lifeless", "it was fine, I guess"]
 
     assert list(model.predict(pd.DataFrame({"sentence": texts}))) == Predictor(folder)(texts)
+    assert list(model.predict(pd.DataFrame({"sentence": pd.Series([], dtype=str)}))) == []
+    with pytest.raises(Exception, match="row 1 has no text in column 'sentence': give every"):
+        model.predict(pd.DataFrame({"sentence": ["fine", None]}))
+    # nothing of MLflow's in what the user reads ("add type hints to predict")
+    assert not [w for w in recwarn if "type hint" in str(w.message)]
     # the model holds the kilobyte artifact, not the base model's weights
     files = list((tmp_path / "a").rglob("*"))
     assert sum(f.stat().st_size for f in files if f.is_file()) < 2_000_000
