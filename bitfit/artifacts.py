@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from bitfit.methods import TABLE, method
 from bitfit.models import BaseModel, TextClassifier
 from bitfit.tasks import Task
 from bitfit.train import TrainResult
@@ -104,7 +105,7 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
                  "regression": task.is_regression, "text_columns": list(task.text_columns),
                  "metrics": list(task.metrics)},
         "method": result.config.method,
-        "subset": result.config.subset if result.config.method in ("bitfit", "rand") else None,
+        "subset": result.config.subset if method(result.config.method).takes_subset else None,
         "config": asdict(result.config),
         "precision": result.precision,
         "status": result.status,
@@ -191,13 +192,20 @@ def max_length_of(manifest: dict[str, Any]) -> int:
         else DEFAULT_MAX_LENGTH
 
 
+def _adds_modules(manifest: dict[str, Any]) -> bool:
+    """Whether the manifest's method adds modules (an unknown one is refused elsewhere)."""
+    name = manifest.get("method")
+    known = TABLE.get(name) if isinstance(name, str) else None
+    return known is not None and known.adds_modules
+
+
 def _sealed(manifest: dict[str, Any]) -> dict[str, Any]:
     """The fields that decide what an artifact predicts, less the tensors' hash (format 3)."""
     sealed = {key: manifest[key] for key in _IDENTITY if key != "tensors_sha256"}
     sealed["task"] = {key: manifest["task"][key] for key in _IDENTITY_TASK}
     sealed["max_length"] = max_length_of(manifest)
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    sealed["lora_rank"] = config.get("lora_rank") if manifest["method"] == "lora" else None
+    sealed["lora_rank"] = config.get("lora_rank") if _adds_modules(manifest) else None
     return sealed
 
 
@@ -326,7 +334,7 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
     task = manifest["task"]
     num_labels = 1 if task["regression"] else len(task["label_names"])
     model = base.classifier(num_labels, seed=0)
-    if manifest["method"] == "lora":  # the adapters' tensors need the adapters
+    if _adds_modules(manifest):  # the adapters' tensors need the adapters
         from bitfit.lora import add_adapters
 
         add_adapters(model.encoder, base.family, rank=int(manifest["config"]["lora_rank"]))

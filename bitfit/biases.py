@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 TERMS: tuple[str, ...] = ("q", "k", "v", "m1", "ln1", "m2", "m3", "ln2", "emb_ln", "pooler")
-METHODS: tuple[str, ...] = ("bitfit", "full", "frozen", "rand", "lora")
 
 SUBSETS: dict[str, tuple[str, ...]] = {
     "all": TERMS,

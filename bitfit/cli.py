@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bitfit.biases import METHODS
+from bitfit.methods import METHODS, method
 from bitfit.models import POOLINGS
 from bitfit.settings import HOME_ENV, home_dir
 from bitfit.train import PRECISIONS, SCHEDULES
@@ -165,7 +165,7 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
                    validation_fraction=args.validation_fraction, cache_dir=home / "cache")
     result = train(base, data, config, device=args.device,
                    progress=not args.no_progress and not args.json and sys.stderr.isatty())
-    subset = f"-{config.subset}" if config.method in ("bitfit", "rand") else ""
+    subset = f"-{config.subset}" if method(config.method).takes_subset else ""
     artifact = None
     if result.status == "completed":  # a diverged run's tensors are of no use to anyone
         # a folder of its own: two runs in the same second never share one

@@ -32,7 +32,8 @@ import yaml
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-from bitfit.biases import METHODS, TERMS, parse_subset
+from bitfit.biases import TERMS, parse_subset
+from bitfit.methods import METHODS, TABLE
 from bitfit.tasks import Task
 from bitfit.train import TrainConfig
 
@@ -377,7 +378,7 @@ def _params(raw: dict[str, Any], method: str, fixed: dict[str, Any],
             raise fail(f"params.{name}", f"is fixed under train too; search {name} or fix it, "
                                          f"not both")
     bias = sorted(n for n in params if n == "subset" or n in _SWITCHES)
-    if bias and method not in ("bitfit", "rand"):
+    if bias and not TABLE[method].takes_subset:
         raise fail(f"params.{bias[0]}", f"method {method} trains no bias subset, so every value "
                                         f"would repeat the same run; remove it")
     if _SWITCHES & set(params) and "subset" in {*params, *fixed}:
