@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from safetensors.torch import load, save
 from bitfit.methods import TABLE, method
 from bitfit.models import BaseModel, TextClassifier
 from bitfit.tasks import Task
-from bitfit.train import TrainResult
 
 TENSORS = "trained.safetensors"
 MANIFEST = "manifest.json"
@@ -72,9 +70,24 @@ def unique_folder(parent: Path, name: str) -> Path:
                   "name or clear old ones")
 
 
-def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str | os.PathLike[str],
-                  *, extra: dict[str, object] | None = None) -> Path:
-    """Write a run's best trained tensors and manifest into ``out_dir``.
+_RUN_FIELDS = ("config", "precision", "status", "best_step", "metrics", "best_metrics",
+               "train_metrics", "trainable_params", "trainable_fraction")
+
+
+def save_artifact(trained: dict[str, torch.Tensor], base: BaseModel, task: Task,
+                  out_dir: str | os.PathLike[str], *, run: dict[str, Any],
+                  masks: dict[str, torch.Tensor] | None = None,
+                  extra: dict[str, object] | None = None) -> Path:
+    """Write trained tensors and their manifest into ``out_dir``.
+
+    Args:
+        trained: the trained tensors by name in the classifier (``encoder.…``, ``head.…``).
+        base, task: what they were trained on.
+        out_dir: the folder to write (made if missing).
+        run: what the manifest says of the run: ``method``, ``config`` (a ``TrainConfig`` as a
+            dict), ``status`` and the other fields of ``TrainResult.artifact_fields()``.
+        masks: rand's masks by the same names: only the chosen scalars are stored.
+        extra: more manifest keys (none of the manifest's own).
 
     Returns:
         The folder written.
@@ -82,14 +95,14 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
     Raises:
         ArtifactError: the run did not complete (it diverged or was stopped); nothing is written.
     """
-    if result.status != "completed":
-        reason = f" ({result.message})" if result.message else ""
+    if run["status"] != "completed":
+        reason = f" ({run['message']})" if run.get("message") else ""
         raise ArtifactError(
-            f"cannot save an artifact of a run that ended {result.status!r}{reason}: only a "
+            f"cannot save an artifact of a run that ended {run['status']!r}{reason}: only a "
             f"completed run makes an artifact, so nothing was written")
     tensors: dict[str, torch.Tensor] = {}
-    for name, value in result.trained.items():
-        mask = result.rand_masks.get(name)
+    for name, value in trained.items():
+        mask = (masks or {}).get(name)
         if mask is None:
             tensors[name] = value.contiguous()
         else:  # rand: store the chosen scalars and where they go, not the whole matrix
@@ -104,17 +117,9 @@ def save_artifact(result: TrainResult, base: BaseModel, task: Task, out_dir: str
         "task": {"name": task.name, "label_names": list(task.label_names),
                  "regression": task.is_regression, "text_columns": list(task.text_columns),
                  "metrics": list(task.metrics)},
-        "method": result.config.method,
-        "subset": result.config.subset if method(result.config.method).takes_subset else None,
-        "config": asdict(result.config),
-        "precision": result.precision,
-        "status": result.status,
-        "best_step": result.best.step if result.best else None,
-        "metrics": result.metrics,
-        "best_metrics": result.best_metrics,
-        "train_metrics": result.train_metrics,
-        "trainable_params": result.trainable_params,
-        "trainable_fraction": result.trainable_fraction,
+        "method": run["method"],
+        "subset": run["config"]["subset"] if method(run["method"]).takes_subset else None,
+        **{key: run[key] for key in _RUN_FIELDS},
         "tensors_sha256": "",  # below, once the tensors carry the seal
         "versions": {"bitfit": _version("bitfit"), "torch": torch.__version__,
                      "transformers": _version("transformers"),
@@ -337,7 +342,7 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
     if _adds_modules(manifest):  # the adapters' tensors need the adapters
         from bitfit.lora import add_adapters
 
-        add_adapters(model.encoder, base.family, rank=int(manifest["config"]["lora_rank"]))
+        add_adapters(base, rank=int(manifest["config"]["lora_rank"]))
     model.eval()
     params = dict(model.named_parameters())
     dense = {n: t for n, t in tensors.items() if ":" not in n}

@@ -137,7 +137,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> dict[str, object]:
     from transformers.utils import logging as hf_logging
 
-    from bitfit.artifacts import save_artifact, unique_folder
+    from bitfit.artifacts import unique_folder
     from bitfit.data import prepare
     from bitfit.models import load_base
     from bitfit.commands import own_data
@@ -172,7 +172,7 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
         out = Path(args.out) if args.out else unique_folder(
             home / "artifacts", f"{data.task.name}-{config.method}{subset}-seed{config.seed}-"
             f"{time.strftime('%Y%m%d-%H%M%S')}")
-        artifact = save_artifact(result, base, data.task, out,
+        artifact = result.save(base, data.task, out,
                                  extra={"data": {"source": data.source,
                                                  "max_length": args.max_length,
                                                  "max_train_samples": args.max_train_samples,

@@ -3,14 +3,16 @@
 Low-rank adapters go on the query and value projections of every attention layer, as the LoRA
 paper does on GLUE (rank 8, ``lora_alpha`` twice the rank); the head trains too. The adapters are
 added to the one loaded encoder for a run and taken off again before the next
-(``remove_adapters``, which ``BaseModel.restore`` calls), so that trials and seeds of every method
-share one model as they do for BitFit.
+(``add_adapters`` has ``BaseModel.restore`` call ``remove_adapters``), so that trials and seeds of
+every method share one model as they do for BitFit.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from bitfit.models import BaseModel
 
 # the attention projections LoRA adapts, per bias-term family (bitfit.biases)
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -22,16 +24,18 @@ TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def add_adapters(encoder: nn.Module, family: str, *, rank: int) -> dict[str, torch.Tensor]:
-    """Put rank-``rank`` LoRA adapters on the encoder's query and value projections; the
-    adapters' tensors by parameter name in the encoder (the only encoder tensors that then
-    train). ``lora_A`` draws from torch's generator (seed it first), ``lora_B`` starts at 0,
-    so the model starts as the pre-trained one."""
+def add_adapters(base: BaseModel, *, rank: int) -> dict[str, torch.Tensor]:
+    """Put rank-``rank`` LoRA adapters on the base encoder's query and value projections, taken
+    off again by its next ``restore``; the adapters' tensors by parameter name in the encoder
+    (the only encoder tensors that then train). ``lora_A`` draws from torch's generator (seed it
+    first), ``lora_B`` starts at 0, so the model starts as the pre-trained one."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    encoder = base.encoder
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                        target_modules=list(TARGETS[family]), bias="none")
+                        target_modules=list(TARGETS[base.family]), bias="none")
     inject_adapter_in_model(config, encoder)
+    base.on_restore(remove_adapters)
     return {n: p for n, p in encoder.named_parameters() if ".lora_" in n}
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,6 @@ from torch import nn
 from bitfit.biases import family_of
 from bitfit.dropout import Dropout
 from bitfit.dropout import install as install_dropout
-from bitfit.lora import remove_adapters
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -126,6 +126,7 @@ class BaseModel:
     weights_hash: str
     _pristine: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _dropout: dict[str, float] = field(default_factory=dict, repr=False)
+    _undo: list[Callable[[nn.Module], None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._dropout = {n: m.p for n, m in self.encoder.named_modules()
@@ -142,10 +143,16 @@ class BaseModel:
             if name not in self._pristine:
                 self._pristine[name] = params[name].detach().clone()
 
+    def on_restore(self, undo: Callable[[nn.Module], None]) -> None:
+        """Have the next ``restore`` call ``undo(encoder)``: how a run that added modules to the
+        encoder (LoRA's adapters, ``bitfit.lora``) takes them off before the next run."""
+        self._undo.append(undo)
+
     def restore(self) -> None:
-        """Put back the pre-trained value of every tensor any run has trained, take off any
-        LoRA adapters a run added, and freeze all."""
-        remove_adapters(self.encoder)
+        """Put back the pre-trained value of every tensor any run has trained, undo what runs
+        added to the encoder (``on_restore``), and freeze all."""
+        while self._undo:
+            self._undo.pop()(self.encoder)
         params = dict(self.encoder.named_parameters())
         with torch.no_grad():
             for name, value in self._pristine.items():

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from bitfit.artifacts import save_artifact
 from bitfit.methods import RunStatus
+from bitfit.models import BaseModel
+from bitfit.tasks import Task
 from bitfit.trainconfig import TrainConfig
 
 
@@ -59,6 +65,26 @@ class TrainResult:
     @property
     def best_metrics(self) -> dict[str, dict[str, float]]:
         return self.best.metrics if self.best else {}
+
+    def artifact_fields(self) -> dict[str, Any]:
+        """What an artifact's manifest records of this run (``artifacts.save_artifact``)."""
+        return {"method": self.config.method, "config": asdict(self.config),
+                "precision": self.precision, "status": self.status, "message": self.message,
+                "best_step": self.best.step if self.best else None, "metrics": self.metrics,
+                "best_metrics": self.best_metrics, "train_metrics": self.train_metrics,
+                "trainable_params": self.trainable_params,
+                "trainable_fraction": self.trainable_fraction}
+
+    def save(self, base: BaseModel, task: Task, out_dir: str | os.PathLike[str], *,
+             extra: dict[str, object] | None = None) -> Path:
+        """Write the best evaluation's trained tensors as an artifact into ``out_dir``.
+
+        Raises:
+            ArtifactError: the run did not complete (it diverged or was stopped); nothing is
+                written.
+        """
+        return save_artifact(self.trained, base, task, out_dir, run=self.artifact_fields(),
+                             masks=self.rand_masks, extra=extra)
 
     def summary(self) -> dict[str, object]:
         """A JSON-ready summary (no tensors)."""

@@ -92,7 +92,7 @@ def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device:
     if method(config.method).adds_modules:  # adapters drawn from torch's generator, seeded above
         from bitfit.lora import add_adapters
 
-        adapters = add_adapters(model.encoder, base.family, rank=config.lora_rank)
+        adapters = add_adapters(base, rank=config.lora_rank)
     model.to(device)
     params = dict(model.encoder.named_parameters())
     for n in names:

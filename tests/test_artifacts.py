@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bitfit.artifacts import (ArtifactError, Predictor, _identity_sha256, apply_artifact,
-                              load_artifact, save_artifact)
+                              load_artifact)
 from bitfit.models import load_base
 from bitfit.train import TrainConfig, predict, train
 from tests.conftest import tiny_model_dir
@@ -29,7 +29,7 @@ def test_artifact_on_a_fresh_base_reproduces_the_trained_predictions(base, cola_
     result = train(base, cola_small, TrainConfig(method=method, epochs=2, learning_rate=5e-3,
                                                  precision="fp32"), progress=False)
     expected = _dev_logits(result.extra["model"], cola_small, base)
-    folder = save_artifact(result, base, cola_small.task, tmp_path / "artifact")
+    folder = result.save(base, cola_small.task, tmp_path / "artifact")
 
     def no_unpickling(*args, **kwargs):
         raise AssertionError("an artifact must load without unpickling")
@@ -49,7 +49,7 @@ def test_artifact_on_a_fresh_base_reproduces_the_trained_predictions(base, cola_
 
 def test_a_bitfit_artifact_is_kilobytes(base, cola_small, tmp_path):
     result = train(base, cola_small, TrainConfig(epochs=1), progress=False)
-    folder = save_artifact(result, base, cola_small.task, tmp_path / "a")
+    folder = result.save(base, cola_small.task, tmp_path / "a")
 
     size = (folder / "trained.safetensors").stat().st_size
     assert size < 4 * result.trainable_params + 8192  # fp32 values plus the names in the header
@@ -58,7 +58,7 @@ def test_a_bitfit_artifact_is_kilobytes(base, cola_small, tmp_path):
 
 def test_applying_to_another_base_model_is_refused(base, cola_small, tmp_path):
     result = train(base, cola_small, TrainConfig(epochs=1), progress=False)
-    folder = save_artifact(result, base, cola_small.task, tmp_path / "a")
+    folder = result.save(base, cola_small.task, tmp_path / "a")
     other = load_base(tiny_model_dir(tmp_path, "bert", base), pooling="mean")
 
     with pytest.raises(ArtifactError, match=r"trained on base model 'all-MiniLM-L6-v2'.*not on"):
@@ -69,7 +69,7 @@ def test_applying_to_another_base_model_is_refused(base, cola_small, tmp_path):
 
 def test_an_altered_or_incomplete_artifact_is_refused(base, cola_small, tmp_path):
     result = train(base, cola_small, TrainConfig(epochs=1), progress=False)
-    folder = save_artifact(result, base, cola_small.task, tmp_path / "a")
+    folder = result.save(base, cola_small.task, tmp_path / "a")
     blob = bytearray((folder / "trained.safetensors").read_bytes())
     blob[-1] ^= 0xFF
     (folder / "trained.safetensors").write_bytes(bytes(blob))
@@ -87,7 +87,7 @@ def completed(base, cola_small):
 
 @pytest.fixture(scope="module")
 def saved(base, cola_small, completed, tmp_path_factory):
-    return save_artifact(completed, base, cola_small.task, tmp_path_factory.mktemp("saved") / "a")
+    return completed.save(base, cola_small.task, tmp_path_factory.mktemp("saved") / "a")
 
 
 def test_a_run_that_did_not_complete_writes_nothing(base, cola_small, completed, tmp_path):
@@ -98,9 +98,9 @@ def test_a_run_that_did_not_complete_writes_nothing(base, cola_small, completed,
 
     assert stopped.status == "stopped"
     with pytest.raises(ArtifactError, match=r"ended 'stopped': only a completed run makes"):
-        save_artifact(stopped, base, cola_small.task, tmp_path / "stopped")
+        stopped.save(base, cola_small.task, tmp_path / "stopped")
     with pytest.raises(ArtifactError) as err:
-        save_artifact(diverged, base, cola_small.task, tmp_path / "diverged")
+        diverged.save(base, cola_small.task, tmp_path / "diverged")
     assert str(err.value) == (
         "cannot save an artifact of a run that ended 'diverged' (loss became nan at step 3 "
         "(epoch 1): lower the learning rate (now 10)): only a completed run makes an artifact, "

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bitfit.artifacts import Predictor, save_artifact
+from bitfit.artifacts import Predictor
 from bitfit.registry import ALIAS, register_best
 from bitfit.train import TrainConfig, train
 
@@ -19,7 +19,7 @@ def test_the_champion_loads_by_name_and_predicts_as_predictor(base, sst2_small, 
                                                                monkeypatch):
     result = train(base, sst2_small, TrainConfig(epochs=1, learning_rate=5e-3,
                                                  precision="fp32"), progress=False)
-    folder = save_artifact(result, base, sst2_small.task, tmp_path / "artifact")
+    folder = result.save(base, sst2_small.task, tmp_path / "artifact")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("sst2", artifact_location=(tmp_path / "a").as_uri())

@@ -58,7 +58,7 @@ def test_frozen_trains_the_head_only(base, cola_small):
 
 def test_lora_trains_only_its_adapters_and_leaves_the_encoder_as_it_was(base, cola_small,
                                                                         tmp_path):
-    from bitfit.artifacts import apply_artifact, save_artifact
+    from bitfit.artifacts import apply_artifact
     from bitfit.train import predict
 
     before = _pristine(base)
@@ -75,7 +75,7 @@ def test_lora_trains_only_its_adapters_and_leaves_the_encoder_as_it_was(base, co
     model = result.extra["model"]
     trained_logits = predict(model, cola_small.evals["validation"], batch_size=64,
                              pad_id=base.tokenizer.pad_token_id, device=torch.device("cpu"))
-    out = save_artifact(result, base, cola_small.task, tmp_path / "lora")
+    out = result.save(base, cola_small.task, tmp_path / "lora")
     rebuilt = apply_artifact(base, out)  # the adapters again, from the artifact
     logits = predict(rebuilt, cola_small.evals["validation"], batch_size=64,
                      pad_id=base.tokenizer.pad_token_id, device=torch.device("cpu"))
