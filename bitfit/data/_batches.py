@@ -9,7 +9,6 @@ import torch
 from bitfit.data._tokenised import Encoded
 
 
-
 def train_batches(
     data: Encoded, batch_size: int, *, seed: int, epoch: int, group_by_length: bool = True
 ) -> list[np.ndarray]:

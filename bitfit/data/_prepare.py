@@ -61,7 +61,6 @@ def carve_validation(
     return kept.reset_index(drop=True), held.reset_index(drop=True)
 
 
-
 @dataclass(frozen=True)
 class TaskData:
     """A task's tokenised splits: ``train`` and the evaluation splits, the first used to select."""

@@ -20,7 +20,6 @@ class DataSourceError(OSError):
     """A task's data could not be found or read."""
 
 
-
 @dataclass(frozen=True)
 class _Split:
     """A split as read, and how messages name its source.
@@ -31,8 +30,6 @@ class _Split:
 
     frame: pd.DataFrame
     source: str  # e.g. "dev file 'dev.csv'"
-
-
 
 
 _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
