@@ -135,7 +135,7 @@ def test_the_heatmap_has_every_layered_term_and_layer(tiny_run, base):
     from bitfit.biases import TERMS
 
     _, summary, _ = tiny_run
-    folder = reproduce.Path(summary["report"]).parent
+    folder = Path(summary["report"]).parent
     movement = pd.read_csv(folder / "bias_movement.csv")
     matrix = reproduce.movement_matrix(movement)
     layered = [t for t in TERMS if t not in ("emb_ln", "pooler")]
@@ -161,7 +161,7 @@ def test_undoing_a_term_rescores_the_run_it_came_from(tiny_run):
     runs = {(r["task"], r["method"]): r for r in summary["main_table"]}
     assert set(ablation["task"]) == set(TASKS)
     assert set(ablation["term"]) == {t for t in TERMS if t != "pooler"}
-    folder = reproduce.Path(summary["report"]).parent
+    folder = Path(summary["report"]).parent
     for task in TASKS:
         cell = json.loads((folder / "cells" / f"main-{task}-bitfit.json").read_text())
         dev = {r["seed"]: r["metrics"][METRIC[task]] for r in cell["runs"]}
@@ -235,7 +235,7 @@ def test_a_second_call_keeps_every_finished_cell(tiny_run, glue_dir):
 def test_an_interrupted_run_trains_only_the_cells_it_had_not_finished(tiny_run):
     # a cell whose file is missing is one the run had not finished when it was stopped
     config, summary, _ = tiny_run
-    folder = reproduce.Path(summary["report"]).parent
+    folder = Path(summary["report"]).parent
     (folder / "cells" / "main-pairs-lora.json").unlink()
     _, before = _runs(summary)
     again = reproduce.run(config, report=_Silent())
