@@ -192,8 +192,9 @@ class Report:
     def progress(self, what: str, done: int, total: int) -> None:
         """``done`` of ``total`` trials of a study, or final runs of an evaluation."""
 
-    def finished(self, summary: dict[str, Any]) -> None:
-        """The run ended: its summary (``run``'s, or ``evaluate``'s comparison)."""
+    def finished(self, summary: Any) -> None:
+        """The run ended: its summary (``run``'s ``RunSummary``, ``evaluate``'s
+        ``EvaluationSummary``, or a reproduction's dict)."""
 
 
 STDERR = Report()
@@ -385,7 +386,7 @@ def study_data(base: BaseModel, config: Config, space) -> TaskData:
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
                  storage: str, tracking_uri: str, study_name: str, home: str,
                  run_params: dict[str, Any], device: str = "auto", processes: int = 1,
-                 report: Report = STDERR) -> dict[str, Any]:
+                 report: Report = STDERR) -> StudySummary:
     """Run (or resume) a study, every trial recorded in MLflow; its summary.
 
     ``processes`` > 1 runs its trials side by side in that many local processes sharing the
@@ -466,7 +467,7 @@ def trial_count(storage: str, study_name: str) -> int:
 
 
 def read_study_summary(data: TaskData, *, storage: str, tracking_uri: str, study_name: str,
-                       home: str, before: int) -> dict[str, Any]:
+                       home: str, before: int) -> StudySummary:
     """The summary of a study that other workers ran, read back from the storage and MLflow."""
     import optuna
 
@@ -481,8 +482,8 @@ def read_study_summary(data: TaskData, *, storage: str, tracking_uri: str, study
 
 
 def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *, storage: str,
-                  tracking_uri: str, home: str) -> dict[str, Any]:
-    """What a study found, JSON-ready."""
+                  tracking_uri: str, home: str) -> StudySummary:
+    """What a study found."""
     from optuna.trial import TrialState
 
     from bitfit.report import pareto_front
@@ -496,18 +497,17 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
     table = [{"trial": t.number, "state": t.state.name, data.task.main_metric: t.value,
               **t.params, "seconds": None if t.duration is None
               else round(t.duration.total_seconds(), 1)} for t in study.trials]
-    return {
-        "study_name": study.study_name, "task": data.task.name, "storage": mask_url(storage),
-        "tracking_uri": mask_url(tracking_uri), "experiment_id": experiment_id,
-        "mlflow_parent_run_id": study.user_attrs.get("mlflow_parent_run_id"),
-        "trials_run": ran, "trials": len(study.trials), "selection_split": data.selection_split,
-        "metric": data.task.main_metric,
-        "best_value": None if best is None else best.value,
-        "best_params": None if best is None else best.params,
-        "best_trial": None if best is None else best.number,
-        "mlflow_ui": ui_command(tracking_uri, home),
-        "trial_table": table, "pareto": sorted(front, key=lambda p: p["trainable_params"]),
-    }
+    return StudySummary(
+        study_name=study.study_name, task=data.task.name, storage=mask_url(storage),
+        tracking_uri=mask_url(tracking_uri), experiment_id=experiment_id,
+        mlflow_parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+        trials_run=ran, trials=len(study.trials), selection_split=data.selection_split,
+        metric=data.task.main_metric,
+        best_value=None if best is None else best.value,
+        best_params=None if best is None else best.params,
+        best_trial=None if best is None else best.number,
+        mlflow_ui=ui_command(tracking_uri, home),
+        trial_table=table, pareto=sorted(front, key=lambda p: p["trainable_params"]))
 
 
 # --------------------------------------------------------------------------- final evaluation
@@ -548,8 +548,8 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
                      full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
                      tracking_uri: str, home: str, name: str, processes: int | None = None,
                      device: str = "auto", max_train_samples: int | None = None,
-                     report: Report = STDERR) -> dict[str, Any]:
-    """Train each method's best configuration with each seed; the comparison, JSON-ready.
+                     report: Report = STDERR) -> EvaluationSummary:
+    """Train each method's best configuration with each seed; the comparison.
     Each seed trains on its own sample of as many rows as the BitFit study trained on
     (``max_train_samples`` when given), or on all of ``data.train`` when that is no more."""
     from bitfit.compare import compare, verdict_markdown
@@ -565,113 +565,256 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
                          device=device, log=report.line,
                          progress=lambda done, total: report.progress(
                              f"evaluation {name}", done, total))
-    return {"table": comparison.markdown, "test_table": comparison.test_markdown,
-            "task": data.task.name, "tracking_uri": mask_url(tracking_uri),
-            "experiment_id": comparison.experiment_id,
-            "registered_model": comparison.registered_model,
-            "verdict": (dataclasses.asdict(comparison.verdict) if comparison.verdict else None),
-            "verdict_text": (verdict_markdown(comparison.verdict, data.task.main_metric,
-                                              comparison.majority)
-                             if comparison.verdict else ""),
-            "majority_class": comparison.majority, "report": str(comparison.folder),
-            "evaluation_run_id": comparison.parent_run_id,
-            "best_artifact": comparison.best_artifact, "recipe": comparison.recipe(),
-            "runs": {f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs},
-            **({"test_runs": {f"{r.method}-seed{r.seed}": r.test_metrics
-                              for r in comparison.runs}} if comparison.test_markdown else {})}
+    return EvaluationSummary(
+        table=comparison.markdown, test_table=comparison.test_markdown, task=data.task.name,
+        tracking_uri=mask_url(tracking_uri), experiment_id=comparison.experiment_id,
+        registered_model=comparison.registered_model,
+        verdict=dataclasses.asdict(comparison.verdict) if comparison.verdict else None,
+        verdict_text=(verdict_markdown(comparison.verdict, data.task.main_metric,
+                                       comparison.majority) if comparison.verdict else ""),
+        majority_class=comparison.majority, report=str(comparison.folder),
+        evaluation_run_id=comparison.parent_run_id, best_artifact=comparison.best_artifact,
+        recipe=comparison.recipe(),
+        runs={f"{r.method}-seed{r.seed}": r.metrics for r in comparison.runs},
+        test_runs=({f"{r.method}-seed{r.seed}": r.test_metrics for r in comparison.runs}
+                   if comparison.test_markdown else None))
 
 
 def evaluation_name(bitfit_study: str, full_study: str | None, seeds: int) -> str:
     return f"{bitfit_study}-vs-{full_study or 'none'}-s{seeds}"
 
 
-# --------------------------------------------------------------------------- printing
+# --------------------------------------------------------------------------- summaries
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """A run's result in Markdown (``run``'s summary, or ``evaluate``'s comparison): each
-    study's best trial, the comparison table, the test, and the registered model."""
-    evaluation = summary if "table" in summary else summary.get("evaluation")
-    studies = [] if "table" in summary else [s for s in (summary, summary.get("baseline")) if s]
-    lines = [f"# {summary['task']}: BitFit and full fine-tuning", ""]
-    for study in studies:
-        if study["best_value"] is None:
-            lines.append(f"- study `{study['study_name']}`: no trial completed yet")
-            continue
-        params = ", ".join(f"{k} = {v}" for k, v in study["best_params"].items())
-        lines.append(f"- study `{study['study_name']}`: best {study['metric']} on "
-                     f"{study['selection_split']} **{study['best_value']:.4f}** (trial "
-                     f"{study['best_trial']}: {params}) of {study['trials']} trials")
-        if len(study.get("pareto") or []) > 1:
-            lines.append(f"  - {pareto_text(study)}")
-    if evaluation:
-        lines += ["", "## Final evaluation", "", evaluation["table"]]
-        if evaluation.get("test_table"):
-            lines += ["", "### On the test file", "", evaluation["test_table"]]
-        if evaluation.get("verdict_text"):
-            lines += ["", evaluation["verdict_text"]]
-        if evaluation.get("registered_model"):
-            lines += ["", f"The best BitFit seed is the MLflow model "
-                          f"`{evaluation['registered_model']}`:", "", "```python",
-                      "import mlflow, pandas as pd",
-                      f"model = mlflow.pyfunc.load_model(\"{evaluation['registered_model']}\")",
+@dataclasses.dataclass
+class StudySummary:
+    """What a study found (``as_dict``: JSON-ready, as ``run`` returns it)."""
+
+    study_name: str
+    task: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str | None
+    mlflow_parent_run_id: str | None
+    trials_run: int
+    trials: int
+    selection_split: str
+    metric: str
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial: int | None
+    mlflow_ui: str
+    trial_table: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    pareto: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def of(cls, summary: dict[str, Any]) -> StudySummary:
+        """A study's summary from its dict (keys it does not know are left out)."""
+        return cls(**_known(cls, summary))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def pareto_text(self) -> str:
+        """The study's Pareto front of score against trainable parameters, in a line."""
+        return ("Pareto front (no trial scores higher with as few trainable parameters): "
+                + "; ".join(f"{p['trial']}: {p['trainable_params']:,} parameters, {self.metric} "
+                            f"{p['value']:.4f}" for p in self.pareto))
+
+    def _params(self, joint: str) -> str:
+        return ", ".join(f"{k}{joint}{v}" for k, v in (self.best_params or {}).items())
+
+    def lines(self) -> list[str]:
+        """Its best trial as the commands print it."""
+        if self.best_value is None:
+            return [f"study {self.study_name}: no trial completed yet"]
+        lines = [f"study {self.study_name}: best {self.metric} on {self.selection_split} "
+                 f"{self.best_value:.4f} (trial {self.best_trial}: {self._params('=')}); "
+                 f"{self.trials} trials in {self.storage}"]
+        return lines + ([f"  {self.pareto_text()}"] if len(self.pareto or []) > 1 else [])
+
+    def markdown_lines(self) -> list[str]:
+        """Its best trial as a Markdown list item."""
+        if self.best_value is None:
+            return [f"- study `{self.study_name}`: no trial completed yet"]
+        lines = [f"- study `{self.study_name}`: best {self.metric} on {self.selection_split} "
+                 f"**{self.best_value:.4f}** (trial {self.best_trial}: {self._params(' = ')}) "
+                 f"of {self.trials} trials"]
+        return lines + ([f"  - {self.pareto_text()}"] if len(self.pareto or []) > 1 else [])
+
+
+@dataclasses.dataclass
+class EvaluationSummary:
+    """What a final evaluation found (``as_dict``: JSON-ready, as ``evaluate`` returns it)."""
+
+    table: str
+    test_table: str | None
+    task: str
+    tracking_uri: str
+    experiment_id: str | None
+    registered_model: str | None
+    verdict: dict[str, Any] | None
+    verdict_text: str
+    majority_class: Any
+    report: str
+    evaluation_run_id: str | None
+    best_artifact: str | None
+    recipe: str
+    runs: dict[str, dict[str, float]]
+    test_runs: dict[str, dict[str, float]] | None = None  # with a test file only
+    prefect_flow_run: dict[str, Any] | None = None  # set by a flow's report
+
+    @classmethod
+    def of(cls, summary: dict[str, Any]) -> EvaluationSummary:
+        """An evaluation's summary from its dict."""
+        return cls(**_known(cls, summary))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items()
+                if v is not None or k not in ("test_runs", "prefect_flow_run")}
+
+    def lines(self) -> list[str]:
+        """The comparison table, the test, and how to use the best artifact, as printed."""
+        lines = [self.table]
+        if self.test_table:
+            lines.append(f"\non the test file:\n{self.test_table}\n")
+        if self.verdict_text:
+            lines.append(self.verdict_text.replace("**", ""))
+        lines.append(f"report, table and plots: {self.report}")
+        if self.registered_model:
+            lines.append(f"registered in MLflow as {self.registered_model}")
+        if self.best_artifact:
+            lines += [f"best BitFit seed's artifact: {self.best_artifact}; use it with:",
+                      self.recipe]
+        return lines
+
+    def markdown_lines(self) -> list[str]:
+        """The comparison, the test and the registered model, as a Markdown section."""
+        lines = ["", "## Final evaluation", "", self.table]
+        if self.test_table:
+            lines += ["", "### On the test file", "", self.test_table]
+        if self.verdict_text:
+            lines += ["", self.verdict_text]
+        if self.registered_model:
+            lines += ["", f"The best BitFit seed is the MLflow model `{self.registered_model}`:",
+                      "", "```python", "import mlflow, pandas as pd",
+                      f"model = mlflow.pyfunc.load_model(\"{self.registered_model}\")",
                       "print(model.predict(pd.DataFrame({\"sentence\": [\"The cat sat on the "
                       "mat.\"]})))", "```"]
-        lines += ["", f"Report, table and plots: `{evaluation['report']}`"]
+        return lines + ["", f"Report, table and plots: `{self.report}`"]
+
+    def markdown(self) -> str:
+        return _markdown(self.task, [], self)
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What ``run`` found: the BitFit study, the baseline study and the final evaluation
+    (``as_dict``: JSON-ready, the study's fields with ``baseline`` and ``evaluation``)."""
+
+    study: StudySummary
+    baseline: StudySummary | None = None
+    evaluation: EvaluationSummary | None = None
+    prefect_flow_run: dict[str, Any] | None = None  # set by a flow's report
+
+    @classmethod
+    def of(cls, summary: dict[str, Any]) -> RunSummary:
+        """A run's summary from its dict."""
+        baseline, evaluation = summary.get("baseline"), summary.get("evaluation")
+        return cls(StudySummary.of(summary), baseline and StudySummary.of(baseline),
+                   evaluation and EvaluationSummary.of(evaluation),
+                   summary.get("prefect_flow_run"))
+
+    def as_dict(self) -> dict[str, Any]:
+        parts = {"baseline": self.baseline and self.baseline.as_dict(),
+                 "evaluation": self.evaluation and self.evaluation.as_dict(),
+                 "prefect_flow_run": self.prefect_flow_run}
+        return {**self.study.as_dict(), **{k: v for k, v in parts.items() if v is not None}}
+
+    @property
+    def task(self) -> str:
+        return self.study.task
+
+    @property
+    def studies(self) -> list[StudySummary]:
+        return [s for s in (self.study, self.baseline) if s is not None]
+
+    def lines(self) -> list[str]:
+        """The studies' best trials, the comparison, and where MLflow and Prefect show it."""
+        lines = [line for study in self.studies for line in study.lines()]
+        if self.evaluation:
+            lines += ["", *self.evaluation.lines(), ""]
+        lines.append(f"MLflow: search run {self.study.mlflow_parent_run_id}"
+                     + (f", evaluation run {self.evaluation.evaluation_run_id}"
+                        if self.evaluation else "") + f" in {self.study.tracking_uri}")
+        lines.append(f"see it: {self.study.mlflow_ui}")
+        prefect_run = self.prefect_flow_run or {}
+        if prefect_run.get("ui"):
+            lines.append(f"Prefect: flow run {prefect_run['name']} at {prefect_run['ui']}")
+        elif prefect_run:
+            lines.append(f"Prefect: flow run {prefect_run['name']} ran on Prefect's temporary "
+                         "API, which ends with this command (set PREFECT_API_URL to a Prefect "
+                         "server to keep its runs)")
+        return lines
+
+    def markdown(self) -> str:
+        return _markdown(self.task, self.studies, self.evaluation)
+
+
+def _known(cls: type, summary: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in summary.items() if k in names}
+
+
+def _markdown(task: str, studies: list[StudySummary],
+              evaluation: EvaluationSummary | None) -> str:
+    """A run's result in Markdown: each study's best trial, the comparison table, the test, and
+    the registered model."""
+    lines = [f"# {task}: BitFit and full fine-tuning", ""]
+    for study in studies:
+        lines += study.markdown_lines()
+    if evaluation:
+        lines += evaluation.markdown_lines()
     return "\n".join(lines) + "\n"
 
 
-def pareto_text(study: dict[str, Any]) -> str:
+Summary = RunSummary | EvaluationSummary
+
+
+def typed(summary: Summary | dict[str, Any]) -> Summary:
+    """A summary as its type: ``run``'s (a study's fields), or ``evaluate``'s (a table)."""
+    if not isinstance(summary, dict):
+        return summary
+    return EvaluationSummary.of(summary) if "table" in summary else RunSummary.of(summary)
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def summary_markdown(summary: Summary | dict[str, Any]) -> str:
+    """A run's result in Markdown (``run``'s summary, or ``evaluate``'s comparison): each
+    study's best trial, the comparison table, the test, and the registered model."""
+    return typed(summary).markdown()
+
+
+def pareto_text(study: StudySummary | dict[str, Any]) -> str:
     """The study's Pareto front of score against trainable parameters, in a line."""
-    return ("Pareto front (no trial scores higher with as few trainable parameters): " + "; "
-            .join(f"{p['trial']}: {p['trainable_params']:,} parameters, {study['metric']} "
-                  f"{p['value']:.4f}" for p in study["pareto"]))
+    return (study if isinstance(study, StudySummary) else StudySummary.of(study)).pareto_text()
 
 
-def print_report(summary: dict[str, Any]) -> None:
+def print_report(summary: EvaluationSummary | dict[str, Any]) -> None:
     """The comparison table, the test, and how to use the best artifact."""
-    print(summary["table"])
-    if summary.get("test_table"):
-        print(f"\non the test file:\n{summary['test_table']}\n")
-    if summary.get("verdict_text"):
-        print(summary["verdict_text"].replace("**", ""))
-    print(f"report, table and plots: {summary['report']}")
-    if summary.get("registered_model"):
-        print(f"registered in MLflow as {summary['registered_model']}")
-    if summary["best_artifact"]:
-        print(f"best BitFit seed's artifact: {summary['best_artifact']}; use it with:")
-        print(summary["recipe"])
+    evaluation = summary if isinstance(summary, EvaluationSummary) else EvaluationSummary.of(
+        summary)
+    print("\n".join(evaluation.lines()))
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: RunSummary | dict[str, Any]) -> None:
     """The studies' best trials, the comparison, and where MLflow shows it all."""
-    for study in (summary, summary.get("baseline")):
-        if study is None:
-            continue
-        if study["best_value"] is None:
-            print(f"study {study['study_name']}: no trial completed yet")
-            continue
-        params = ", ".join(f"{k}={v}" for k, v in study["best_params"].items())
-        print(f"study {study['study_name']}: best {study['metric']} on "
-              f"{study['selection_split']} {study['best_value']:.4f} "
-              f"(trial {study['best_trial']}: {params}); {study['trials']} trials in "
-              f"{study['storage']}")
-        if len(study.get("pareto") or []) > 1:
-            print(f"  {pareto_text(study)}")
-    if "evaluation" in summary:
-        print()
-        print_report(summary["evaluation"])
-        print()
-    print(f"MLflow: search run {summary['mlflow_parent_run_id']}"
-          + (f", evaluation run {summary['evaluation']['evaluation_run_id']}"
-             if "evaluation" in summary else "") + f" in {summary['tracking_uri']}")
-    print(f"see it: {summary['mlflow_ui']}")
-    prefect_run = summary.get("prefect_flow_run") or {}
-    if prefect_run.get("ui"):
-        print(f"Prefect: flow run {prefect_run['name']} at {prefect_run['ui']}")
-    elif prefect_run:
-        print(f"Prefect: flow run {prefect_run['name']} ran on Prefect's temporary API, which "
-              "ends with this command (set PREFECT_API_URL to a Prefect server to keep its runs)")
+    print("\n".join((summary if isinstance(summary, RunSummary)
+                     else RunSummary.of(summary)).lines()))
 
 
 # --------------------------------------------------------------------------- phases and the run
@@ -708,10 +851,10 @@ def final_data(base: BaseModel, config: Config, max_length: int,
 
 
 def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
-        on_workers: Callable[..., dict[str, Any]] | None = None,
+        on_workers: Callable[..., StudySummary] | None = None,
         report: Report = STDERR) -> dict[str, Any]:
     """The whole pipeline: prepare -> BitFit study -> full fine-tuning study -> final
-    evaluation -> report; its summary, JSON-ready.
+    evaluation -> report; its summary, JSON-ready (``RunSummary.as_dict``).
 
     Args:
         config: the run's settings; checked whole (``check_search``) before anything loads.
@@ -740,7 +883,7 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
 
     def stage(data: TaskData, space: str, trials: int | None, study: str,
-              samples: int | None) -> dict[str, Any]:
+              samples: int | None) -> StudySummary:
         if c.workers > 1:
             assert on_workers is not None
             return on_workers(dataclasses.replace(
@@ -755,7 +898,7 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
                                  "train_examples": len(data.train)}, device=c.device,
                      processes=processes, report=report)
 
-    summary = stage(data, c.space, c.n_trials, name, samples)
+    summary = RunSummary(stage(data, c.space, c.n_trials, name, samples))
     full_study = c.baseline_study if c.baseline else None
     if c.baseline and not c.baseline_study:
         full_space = load_space(c.baseline_space)
@@ -764,17 +907,17 @@ def run(config: Config = Config(), *, phase: Callable[..., Any] = _direct,
         same = full_samples == samples and (c.max_length
                                             or full_space.max_length == parsed.max_length)
         full_data = data if same else phase(study_data, base, c, full_space)
-        summary["baseline"] = stage(full_data, c.baseline_space, None, full_study, full_samples)
-    if c.seeds > 0 and summary["best_value"] is not None:
+        summary.baseline = stage(full_data, c.baseline_space, None, full_study, full_samples)
+    if c.seeds > 0 and summary.study.best_value is not None:
         final = phase(final_data, base, c, c.max_length or parsed.max_length,
                       study_sizes(c.storage, name)[1])
-        summary["evaluation"] = phase(final_evaluation, base, final, c, name, full_study, report)
+        summary.evaluation = phase(final_evaluation, base, final, c, name, full_study, report)
     report.finished(summary)
-    return summary
+    return summary.as_dict()
 
 
 def final_evaluation(base: BaseModel, data: TaskData, c: Config, bitfit_study: str,
-              full_study: str | None, report: Report) -> dict[str, Any]:
+                     full_study: str | None, report: Report) -> EvaluationSummary:
     assert c.storage is not None and c.tracking_uri is not None and c.home is not None
     return evaluate_studies(base, data, storage=c.storage, bitfit_study=bitfit_study,
                             full_study=full_study, seeds=c.seeds,
@@ -788,7 +931,7 @@ def evaluate(config: Config = Config(), *, bitfit_study: str, full_study: str | 
              phase: Callable[..., Any] = _direct, report: Report = STDERR) -> dict[str, Any]:
     """The final evaluation alone: the best configuration of ``bitfit_study`` (and of
     ``full_study``) with ``config.seeds`` seeds on the whole training split, compared on dev
-    (and on the test file); the comparison, JSON-ready."""
+    (and on the test file); the comparison, JSON-ready (``EvaluationSummary.as_dict``)."""
     c = check_evaluation(config)
     assert c.storage is not None
     from bitfit.compare import best_config
@@ -798,7 +941,7 @@ def evaluate(config: Config = Config(), *, bitfit_study: str, full_study: str | 
     data = phase(final_data, base, c, c.max_length or 128, study_sizes(c.storage, bitfit_study)[1])
     comparison = phase(final_evaluation, base, data, c, bitfit_study, full_study, report)
     report.finished(comparison)
-    return comparison
+    return comparison.as_dict()
 
 
 def prepare(config: Config = Config(), *, validation_fraction: float | None = HELDOUT_FRACTION,
