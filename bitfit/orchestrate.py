@@ -63,63 +63,76 @@ class PrefectReport(pipeline.Report):
             self._progress[what] = create_progress_artifact(percent, key=artifact_key(what),
                                                             description=description)
 
-    def finished(self, summary: dict[str, Any]) -> None:
-        from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
-                                       create_table_artifact)
-
+    def finished(self, summary: Any) -> None:
         from prefect.runtime import flow_run
         from prefect.settings import get_current_settings
 
-        from bitfit.tracking import run_url
-
         # where the Prefect UI shows this run (its artifacts and logs); None on the temporary
         # API, which has no UI and ends with the command (Prefect would print "None/flow-runs")
-        summary["prefect_flow_run"] = {
-            "id": str(flow_run.id), "name": flow_run.name,
-            "ui": flow_run.ui_url if get_current_settings().ui_url else None}
-        if "claims" in summary:  # a reproduction (bitfit.reproduce)
-            name = summary["name"]
-            create_markdown_artifact(summary["markdown"], key=artifact_key(f"reproduce-{name}"),
-                                     description=f"the paper's claims checked on "
-                                     f"{summary['model']}: tables, verdicts")
-            create_link_artifact(run_url(summary["tracking_uri"], summary["experiment_id"],
-                                         summary["mlflow_run_id"]),
-                                 link_text=f"reproduction {name} in MLflow",
-                                 key=artifact_key(f"mlflow-reproduce-{name}"),
-                                 description="every run of it, and the report with its plots")
+        prefect_run = {"id": str(flow_run.id), "name": flow_run.name,
+                       "ui": flow_run.ui_url if get_current_settings().ui_url else None}
+        if isinstance(summary, dict):  # a reproduction (bitfit.reproduce)
+            summary["prefect_flow_run"] = prefect_run
+            _reproduction_artifacts(summary)
             return
-        task = summary["task"]
-        create_markdown_artifact(pipeline.summary_markdown(summary),
-                                 key=artifact_key(f"{task}-report"),
-                                 description=f"{task}: each study's best trial and the "
-                                 "comparison")
-        evaluation = summary if "table" in summary else summary.get("evaluation")
-        studies = [] if "table" in summary else [s for s in (summary, summary.get("baseline"))
-                                                 if s]
-        for study in studies:
-            name = study["study_name"]
-            create_table_artifact(study["trial_table"], key=artifact_key(f"trials-{name}"),
-                                  description=f"the trials of study {name}")
-            create_link_artifact(
-                run_url(study["tracking_uri"], study["experiment_id"],
-                        study["mlflow_parent_run_id"]),
-                link_text=f"study {study['study_name']} in MLflow",
-                key=artifact_key(f"mlflow-{study['study_name']}"),
-                description=f"the study's run and its trials; {study['mlflow_ui']}")
-        if evaluation and evaluation.get("evaluation_run_id"):
-            create_link_artifact(
-                run_url(evaluation["tracking_uri"], evaluation["experiment_id"],
-                        evaluation["evaluation_run_id"]),
-                link_text="the final evaluation in MLflow",
-                key=artifact_key(f"mlflow-{task}-evaluation"),
-                description="the evaluation run, its seed runs and the report")
-        if evaluation and evaluation.get("registered_model"):
-            name = evaluation["registered_model"].split("/")[1].split("@")[0]
-            create_link_artifact(
-                run_url(evaluation["tracking_uri"], None, None) + f"/#/models/{name}",
-                link_text=f"registered model {evaluation['registered_model']}",
-                key=artifact_key(f"mlflow-model-{name}"),
-                description="load it with mlflow.pyfunc.load_model")
+        summary.prefect_flow_run = prefect_run
+        _summary_artifacts(summary)
+
+
+def _reproduction_artifacts(summary: dict[str, Any]) -> None:
+    """A reproduction's report, and a link to its MLflow run."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    from bitfit.tracking import run_url
+
+    name = summary["name"]
+    create_markdown_artifact(summary["markdown"], key=artifact_key(f"reproduce-{name}"),
+                             description=f"the paper's claims checked on "
+                             f"{summary['model']}: tables, verdicts")
+    create_link_artifact(run_url(summary["tracking_uri"], summary["experiment_id"],
+                                 summary["mlflow_run_id"]),
+                         link_text=f"reproduction {name} in MLflow",
+                         key=artifact_key(f"mlflow-reproduce-{name}"),
+                         description="every run of it, and the report with its plots")
+
+
+def _summary_artifacts(summary: pipeline.Summary) -> None:
+    """A run's or an evaluation's report; each study's trials as a table and its MLflow run as
+    a link; links to the evaluation's MLflow run and to the registered model."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    task = summary.task
+    create_markdown_artifact(summary.markdown(), key=artifact_key(f"{task}-report"),
+                             description=f"{task}: each study's best trial and the comparison")
+    studies, evaluation = ((summary.studies, summary.evaluation)
+                           if isinstance(summary, pipeline.RunSummary) else ([], summary))
+    for study in studies:
+        name = study.study_name
+        create_table_artifact(study.trial_table, key=artifact_key(f"trials-{name}"),
+                              description=f"the trials of study {name}")
+        _link(study.tracking_uri, study.experiment_id, study.mlflow_parent_run_id,
+              link_text=f"study {name} in MLflow", key=f"mlflow-{name}",
+              description=f"the study's run and its trials; {study.mlflow_ui}")
+    if evaluation and evaluation.evaluation_run_id:
+        _link(evaluation.tracking_uri, evaluation.experiment_id, evaluation.evaluation_run_id,
+              link_text="the final evaluation in MLflow", key=f"mlflow-{task}-evaluation",
+              description="the evaluation run, its seed runs and the report")
+    if evaluation and evaluation.registered_model:
+        name = evaluation.registered_model.split("/")[1].split("@")[0]
+        _link(evaluation.tracking_uri, None, None, f"/#/models/{name}",
+              link_text=f"registered model {evaluation.registered_model}",
+              key=f"mlflow-model-{name}", description="load it with mlflow.pyfunc.load_model")
+
+
+def _link(tracking_uri: str, experiment_id: str | None, run_id: str | None, tail: str = "", *,
+          link_text: str, key: str, description: str) -> None:
+    """A link artifact to an MLflow page."""
+    from prefect.artifacts import create_link_artifact
+
+    from bitfit.tracking import run_url
+
+    create_link_artifact(run_url(tracking_uri, experiment_id, run_id) + tail,
+                         link_text=link_text, key=artifact_key(key), description=description)
 
 
 def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
@@ -176,7 +189,7 @@ def run_workers(workers: int, parameters: dict[str, Any], *,
             "server; the study keeps every finished trial, and the same command resumes it")
 
 
-def on_workers(config: pipeline.Config, data: TaskData) -> dict[str, Any]:
+def on_workers(config: pipeline.Config, data: TaskData) -> pipeline.StudySummary:
     """The study ``config`` names, run by ``config.workers`` runs of the study-worker
     deployment; its summary read back from the stores."""
     assert config.storage and config.tracking_uri and config.study_name and config.home

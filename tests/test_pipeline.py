@@ -199,3 +199,25 @@ def test_trials_side_by_side_in_local_processes_share_one_study_on_one_home(
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]
     err = capfd.readouterr().err
     assert "trials side by side in 2 processes" in err and "trial 4 of 4" in err
+
+
+def test_every_config_field_has_its_search_flag_and_flow_parameter_with_its_default():
+    """An option is typed in three places (the config, ``bitfit search``, the search flow):
+    each field has its flag and its parameter, with the config's default."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT / "flows"))
+    import search
+
+    args = _parser().parse_args(["search"])
+    flow = inspect.signature(search.search.fn).parameters
+    for field in dataclasses.fields(Config):
+        assert flow[field.name].default == field.default, field.name
+        if field.name == "baseline":  # --no-baseline
+            assert args.no_baseline is (not field.default)
+        elif field.name == "home":  # the parser shows $BITFIT_HOME's folder
+            assert args.home is not None
+        else:
+            assert getattr(args, field.name) == field.default or (
+                field.name == "extra_methods" and tuple(args.extra_methods) == field.default
+            ), field.name
