@@ -32,6 +32,7 @@ from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel, load_base
 from bitfit.metrics import constant_score
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise
+from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import TrainConfig, TrainResult, epochs_of, resolve_device, train
 from bitfit.verdicts import Verdict, competitive
 
@@ -102,7 +103,7 @@ def compare(
     seeds: int,
     home: str | os.PathLike[str],
     name: str,
-    tracker=None,
+    tracker: TrackerProtocol | None = None,
     experiment: str | None = None,
     device: str = "auto",
     processes: int | None = None,
@@ -120,7 +121,7 @@ def compare(
         seeds: how many seeds per method.
         home: the run home; results go to ``<home>/evaluations/<name>``.
         name: the evaluation's name.
-        tracker: a ``tracking.Tracker`` or None.
+        tracker: a ``tracking.Tracker``; None records nothing.
         experiment: MLflow experiment (default: the task's name).
         device: training device.
         processes: runs trained at once, each in its own process with an equal share of the
@@ -140,20 +141,20 @@ def compare(
     split = data.selection_split
     folder = unique_folder(Path(home) / "evaluations", name)  # never another evaluation's
     name = folder.name
-    experiment_id = parent_id = None
-    if tracker is not None:
-        experiment_id = tracker.experiment(experiment or task.name)
-        parent_id = tracker.evaluation_run(experiment_id, name, {
-            "seeds": seeds, "task": task.name, "eval_split": split,
-            "train_examples": len(data.train),
-            **{f"{label}.{k}": v for label, c in configs.items()
-               for k, v in dataclasses.asdict(c).items()}})
-        tracker.log_data(parent_id, data, {"train": "training",
-                                           **{s: "evaluation" for s in data.evals}})
+    tracker = or_no_tracker(tracker)
+    experiment_id = tracker.experiment(experiment or task.name)
+    parent_id = tracker.evaluation_run(experiment_id, name, {
+        "seeds": seeds, "task": task.name, "eval_split": split,
+        "train_examples": len(data.train),
+        **{f"{label}.{k}": v for label, c in configs.items()
+           for k, v in dataclasses.asdict(c).items()}})
+    tracker.log_data(parent_id, data, {"train": "training",
+                                       **{s: "evaluation" for s in data.evals}})
     jobs = [(label, dataclasses.replace(config, seed=seed, select_best=False))
             for label, config in configs.items() for seed in range(seeds)]
-    run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c)
-               if tracker is not None else "" for label, c in jobs]
+    # a run not recorded has the id "" in runs.json
+    run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c) or ""
+               for label, c in jobs]
     workers = processes if processes is not None else default_processes(device, len(jobs))
     runs: list[SeedRun] = []
     try:
@@ -162,18 +163,17 @@ def compare(
                 strict=True):
             seed_run = dataclasses.replace(seed_run, run_id=run_id)
             runs.append(seed_run)
-            if tracker is not None and run_id:
+            if run_id:
                 tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
             log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
                 f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
             if progress is not None:
                 progress(len(runs), len(jobs))
     except BaseException as err:  # no run is left RUNNING in MLflow
-        if tracker is not None:
-            status = "KILLED" if is_interruption(err) else "FAILED"
-            for run_id in [*run_ids[len(runs):], parent_id]:
-                if run_id:
-                    tracker.stop_run(run_id, status)
+        status = "KILLED" if is_interruption(err) else "FAILED"
+        for stopped in [*run_ids[len(runs):], parent_id]:
+            if stopped:
+                tracker.stop_run(stopped, status)
         raise
 
     table = summarise(runs, task.metrics)
@@ -206,7 +206,7 @@ def compare(
     if plots:
         plot_seeds(runs, main, folder / "dev_per_seed.png")
         plot_curves(runs, main, folder / "learning_curves.png")
-    if tracker is not None and parent_id is not None:
+    if parent_id is not None:
         tracker.end_evaluation(parent_id, folder, {
             "finished_at": time.time(), "majority_class": majority,
             **({"p_value": verdict.p_value, "difference": verdict.estimate} if verdict else {})},
