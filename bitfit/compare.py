@@ -11,32 +11,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
-import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
-import torch
 
 from bitfit.artifacts import TENSORS, save_artifact, unique_folder
 from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
-from bitfit.models import BaseModel, load_base
+from bitfit.models import BaseModel
 from bitfit.metrics import constant_score
+from bitfit.pool import (MAX_PROCESSES, NOT_STARTED, check_not_starting, default_processes,
+                         in_processes, worker_state)
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise
-from bitfit.train import TrainConfig, TrainResult, epochs_of, resolve_device, train
+from bitfit.tracker import TrackerProtocol, or_no_tracker
+from bitfit.train import TrainConfig, TrainResult, epochs_of, train
 from bitfit.verdicts import Verdict, competitive
 
-MAX_PROCESSES = 4
-
+# the pool's names, imported from here before it had its own module
+__all__ = ["MAX_PROCESSES", "NOT_STARTED", "Comparison", "best_config", "check_not_starting",
+           "compare", "comparison_verdict", "default_processes", "in_processes",
+           "trade_off_markdown", "verdict_markdown", "worker_state"]
 
 def best_config(storage: str, study_name: str, *, method: str | None = None,
                 task: str | None = None) -> TrainConfig:
@@ -102,7 +100,7 @@ def compare(
     seeds: int,
     home: str | os.PathLike[str],
     name: str,
-    tracker=None,
+    tracker: TrackerProtocol | None = None,
     experiment: str | None = None,
     device: str = "auto",
     processes: int | None = None,
@@ -120,7 +118,7 @@ def compare(
         seeds: how many seeds per method.
         home: the run home; results go to ``<home>/evaluations/<name>``.
         name: the evaluation's name.
-        tracker: a ``tracking.Tracker`` or None.
+        tracker: a ``tracking.Tracker``; None records nothing.
         experiment: MLflow experiment (default: the task's name).
         device: training device.
         processes: runs trained at once, each in its own process with an equal share of the
@@ -140,20 +138,20 @@ def compare(
     split = data.selection_split
     folder = unique_folder(Path(home) / "evaluations", name)  # never another evaluation's
     name = folder.name
-    experiment_id = parent_id = None
-    if tracker is not None:
-        experiment_id = tracker.experiment(experiment or task.name)
-        parent_id = tracker.evaluation_run(experiment_id, name, {
-            "seeds": seeds, "task": task.name, "eval_split": split,
-            "train_examples": len(data.train),
-            **{f"{label}.{k}": v for label, c in configs.items()
-               for k, v in dataclasses.asdict(c).items()}})
-        tracker.log_data(parent_id, data, {"train": "training",
-                                           **{s: "evaluation" for s in data.evals}})
+    tracker = or_no_tracker(tracker)
+    experiment_id = tracker.experiment(experiment or task.name)
+    parent_id = tracker.evaluation_run(experiment_id, name, {
+        "seeds": seeds, "task": task.name, "eval_split": split,
+        "train_examples": len(data.train),
+        **{f"{label}.{k}": v for label, c in configs.items()
+           for k, v in dataclasses.asdict(c).items()}})
+    tracker.log_data(parent_id, data, {"train": "training",
+                                       **{s: "evaluation" for s in data.evals}})
     jobs = [(label, dataclasses.replace(config, seed=seed, select_best=False))
             for label, config in configs.items() for seed in range(seeds)]
-    run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c)
-               if tracker is not None else "" for label, c in jobs]
+    # a run not recorded has the id "" in runs.json
+    run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c) or ""
+               for label, c in jobs]
     workers = processes if processes is not None else default_processes(device, len(jobs))
     runs: list[SeedRun] = []
     try:
@@ -162,18 +160,17 @@ def compare(
                 strict=True):
             seed_run = dataclasses.replace(seed_run, run_id=run_id)
             runs.append(seed_run)
-            if tracker is not None and run_id:
+            if run_id:
                 tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
             log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
                 f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
             if progress is not None:
                 progress(len(runs), len(jobs))
     except BaseException as err:  # no run is left RUNNING in MLflow
-        if tracker is not None:
-            status = "KILLED" if is_interruption(err) else "FAILED"
-            for run_id in [*run_ids[len(runs):], parent_id]:
-                if run_id:
-                    tracker.stop_run(run_id, status)
+        status = "KILLED" if is_interruption(err) else "FAILED"
+        for stopped in [*run_ids[len(runs):], parent_id]:
+            if stopped:
+                tracker.stop_run(stopped, status)
         raise
 
     table = summarise(runs, task.metrics)
@@ -206,7 +203,7 @@ def compare(
     if plots:
         plot_seeds(runs, main, folder / "dev_per_seed.png")
         plot_curves(runs, main, folder / "learning_curves.png")
-    if tracker is not None and parent_id is not None:
+    if parent_id is not None:
         tracker.end_evaluation(parent_id, folder, {
             "finished_at": time.time(), "majority_class": majority,
             **({"p_value": verdict.p_value, "difference": verdict.estimate} if verdict else {})},
@@ -262,16 +259,6 @@ def verdict_markdown(verdict: Verdict, metric: str, majority: float) -> str:
             "makes the claim not testable." + (f" {verdict.note}." if verdict.note else ""))
 
 
-def default_processes(device: str, runs: int) -> int:
-    """On a CPU, as many processes as cores (at most 4 and at most ``runs``), one thread each:
-    small transformer layers use a second thread poorly, a second process well (on 2 cores, 2
-    one-thread processes train 1.8 times as fast as one, 2 threads in one process 1.5 times).
-    On a GPU, one."""
-    if resolve_device(device).type != "cpu":
-        return 1
-    return max(1, min(runs, os.cpu_count() or 1, MAX_PROCESSES))
-
-
 def _train_all(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfig]],
                folder: Path, device: str, processes: int
                ) -> Iterator[tuple[TrainResult, SeedRun]]:
@@ -282,109 +269,6 @@ def _train_all(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfi
         return
     yield from in_processes(base, data, processes, [
         (_worker_job, (label, config, folder, device)) for label, config in jobs])
-
-
-def in_processes(base: BaseModel, data: TaskData, processes: int,
-                 calls: list[tuple[Callable[..., Any], tuple[Any, ...]]],
-                 meanwhile: Callable[[], Any] | None = None) -> Iterator[Any]:
-    """Each ``function(*args)`` of ``calls`` run in one of ``processes`` spawned processes, which
-    have ``base`` loaded and ``data`` (``worker_state()`` gives them); the results in the calls'
-    order. ``meanwhile()`` runs here while they run, as one more process, once a first process
-    has started: the cores are shared among all of them (threads each: cores / processes, this
-    one's restored after). When one fails or this process is interrupted, the others are
-    stopped at once.
-
-    Raises:
-        RuntimeError: no process could start (the one-sentence reason; typically a script that
-            calls bitfit outside ``if __name__ == "__main__":``).
-    """
-    share = processes + (meanwhile is not None)
-    threads = max(1, (os.cpu_count() or 1) // share)
-    context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
-    with tempfile.TemporaryDirectory(prefix="bitfit-") as scratch:
-        # the data reach the processes as a file: passed as an argument they would be written
-        # into a pipe that a process which dies while starting never drains, and this one
-        # would wait on it for ever
-        data_file = Path(scratch) / "data.pickle"
-        with data_file.open("wb") as out:
-            pickle.dump(data, out, protocol=pickle.HIGHEST_PROTOCOL)
-        with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
-                                 initargs=(base.model_id, base.pooling, base.weights_hash,
-                                           str(data_file), threads)) as pool:
-            futures: list[Any] = []
-            try:
-                try:
-                    pool.submit(_started).result()
-                except BrokenProcessPool:
-                    raise RuntimeError(NOT_STARTED) from None
-                futures = [pool.submit(function, *args) for function, args in calls]
-                if meanwhile is not None:
-                    mine = torch.get_num_threads()
-                    torch.set_num_threads(threads)
-                    try:
-                        meanwhile()
-                    finally:
-                        torch.set_num_threads(mine)
-                for future in futures:
-                    yield future.result()
-            except BaseException:
-                # stop at once: waiting for the running jobs would hold an interrupted run for
-                # minutes
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            finally:
-                for future in futures:
-                    future.cancel()
-
-
-NOT_STARTED = ("a process for running side by side stopped while starting (its error is above): "
-               "a script that calls bitfit must do so under `if __name__ == \"__main__\":`, "
-               "since each process imports the script again, or run one process "
-               "(trial_processes=1, eval_processes=1; --trial-processes 1 --eval-processes 1)")
-
-
-def check_not_starting() -> None:
-    """Raise ``RuntimeError(NOT_STARTED)`` in a process of ``in_processes`` that is still
-    importing the parent's script: a script without a ``__main__`` guard would start a whole
-    pipeline (studies, MLflow runs) in each process before failing."""
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise RuntimeError(NOT_STARTED)
-
-
-def _started() -> bool:
-    worker_state()
-    return True
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _start_worker(model_id: str, pooling: str, weights_hash: str, data_file: str,
-                  threads: int) -> None:
-    # what may fail is left to the first job (worker_state): its error then reaches the parent
-    torch.set_num_threads(threads)
-    _WORKER.update(setup=(model_id, pooling, weights_hash, data_file))
-
-
-def worker_state() -> tuple[BaseModel, TaskData]:
-    """In a process of ``in_processes``: its loaded base model and its data."""
-    if "base" not in _WORKER:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        model_id, pooling, weights_hash, data_file = _WORKER["setup"]
-        base = load_base(model_id, pooling=pooling)
-        if base.weights_hash != weights_hash:
-            raise RuntimeError(f"model {model_id!r} loaded in a side-by-side process has other "
-                               "weights than this one's: run one process (trial_processes=1, "
-                               "eval_processes=1)")
-        with open(data_file, "rb") as source:
-            data = pickle.load(source)  # noqa: S301 - written by this run's parent process
-        _WORKER.update(base=base, data=data)
-    return _WORKER["base"], _WORKER["data"]
 
 
 def _worker_job(label: str, config: TrainConfig, folder: Path, device: str

@@ -35,6 +35,7 @@ from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
 __all__ = ["STORAGE_ENV", "StudyFailed", "StudyMismatch", "StudyOutcome", "default_storage",
            "open_study", "run_study", "study_identity"]
 from bitfit.space import SearchSpace
+from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import Evaluation, TrainResult, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -221,7 +222,7 @@ def run_study(
     study_name: str,
     home: str | os.PathLike[str],
     n_trials: int | None = None,
-    tracker=None,
+    tracker: TrackerProtocol | None = None,
     experiment: str | None = None,
     run_params: dict[str, Any] | None = None,
     device: str = "auto",
@@ -239,7 +240,7 @@ def run_study(
         study_name: resumes the study when it exists (with the same identity only).
         home: the run home (artifacts are staged there before MLflow takes them).
         n_trials: the study's total budget; the space's ``n_trials`` when None.
-        tracker: a ``tracking.Tracker`` to record runs in MLflow, or None.
+        tracker: a ``tracking.Tracker`` to record runs in MLflow; None records nothing.
         experiment: MLflow experiment name (default: the task's name).
         run_params: extra parameters for the parent run (data settings, model).
         device: training device.
@@ -265,16 +266,16 @@ def run_study(
                        identity=study_identity(space, data, metric))
     study.set_user_attr("selection_split", selection)
     study.set_user_attr("selection_examples", len(data.evals[selection]))
-    experiment_id = parent_id = None
-    if tracker is not None:
-        experiment_id = tracker.experiment(experiment or data.task.name)
-        parent_id = tracker.study_run(experiment_id, study_name, {
-            "space": space.name, "method": space.method, "n_trials": budget,
-            "metric": metric, "direction": space.direction, "selection_split": selection,
-            "sampler": space.sampler["name"], "pruner": space.pruner["name"],
-            "storage": storage, "study_name": study_name, "task": data.task.name,
-            **(run_params or {})})
-        tracker.log_data(parent_id, data, {"train": "training", selection: "selection"})
+    tracker = or_no_tracker(tracker)
+    experiment_id = tracker.experiment(experiment or data.task.name)
+    parent_id = tracker.study_run(experiment_id, study_name, {
+        "space": space.name, "method": space.method, "n_trials": budget,
+        "metric": metric, "direction": space.direction, "selection_split": selection,
+        "sampler": space.sampler["name"], "pruner": space.pruner["name"],
+        "storage": storage, "study_name": study_name, "task": data.task.name,
+        **(run_params or {})})
+    tracker.log_data(parent_id, data, {"train": "training", selection: "selection"})
+    if parent_id is not None:
         study.set_user_attr("mlflow_parent_run_id", parent_id)
     trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
                              tracker=tracker, experiment_id=experiment_id, parent_id=parent_id,
@@ -310,13 +311,12 @@ def run_study(
                 break
             study.optimize(trial_run, n_trials=1, catch=(Exception,), callbacks=[report])
     except BaseException as err:
-        if tracker is not None and parent_id is not None and is_interruption(err):
+        if parent_id is not None and is_interruption(err):
             tracker.stop_run(parent_id, "KILLED")
         raise
     finally:
         optuna.logging.set_verbosity(verbosity)
-    if tracker is not None:
-        tracker.end_study(parent_id, study)
+    tracker.end_study(parent_id, study)
     mine = [t for t in study.trials[before:] if t.user_attrs.get("owner") == trial_run.owner]
     if mine and all(t.state == TrialState.FAIL for t in mine) and not study.get_trials(
             deepcopy=False, states=[TrialState.COMPLETE]):
@@ -330,7 +330,8 @@ class _TrialRunner:
     """The objective: one trial trained on the shared model, reported to Optuna and MLflow."""
 
     def __init__(self, base: BaseModel, data: TaskData, space: SearchSpace, *, metric: str,
-                 budget: int, study: optuna.Study, tracker, experiment_id: str | None,
+                 budget: int, study: optuna.Study, tracker: TrackerProtocol,
+                 experiment_id: str | None,
                  parent_id: str | None, home: str | os.PathLike[str], device: str) -> None:
         self.base, self.data, self.space, self.metric = base, data, space, metric
         self.budget, self.study, self.tracker = budget, study, tracker
@@ -351,7 +352,7 @@ class _TrialRunner:
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", reason)
             run_id = trial.user_attrs.get("mlflow_run_id")
-            if self.tracker is not None and run_id is not None:
+            if run_id is not None:
                 self.tracker.end_trial(run_id, "FAIL", reason=reason,
                                        status="KILLED" if interrupted else "FAILED")
             if interrupted:  # a KeyboardInterrupt, so that Optuna ends the trial FAIL
@@ -367,12 +368,12 @@ class _TrialRunner:
         # a trial is scored after its last epoch, as the final runs are: the best of several
         # epochs would favour runs whose score only fluctuates
         config = dataclasses.replace(self.space.config_for(values), select_best=False)
-        tracker, run_id = self.tracker, None
-        if tracker is not None:
-            run_id = tracker.trial_run(self.experiment_id, self.parent_id, trial.number, config,
-                                       values, worker=self.owner)
-            tracker.log_data(run_id, self.data, {"train": "training",
-                                                 self.data.selection_split: "selection"})
+        tracker = self.tracker
+        run_id = tracker.trial_run(self.experiment_id, self.parent_id, trial.number, config,
+                                   values, worker=self.owner)
+        tracker.log_data(run_id, self.data, {"train": "training",
+                                             self.data.selection_split: "selection"})
+        if run_id is not None:
             trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", self.owner)
         trial.set_user_attr("method", config.method)
@@ -383,8 +384,7 @@ class _TrialRunner:
         def on_evaluation(evaluation: Evaluation) -> bool:
             nonlocal seen
             seen += 1
-            if tracker is not None:
-                tracker.log_evaluation(run_id, evaluation, int(time.time() * 1000))
+            tracker.log_evaluation(run_id, evaluation, int(time.time() * 1000))
             trial.report(evaluation.metrics[selection][self.metric], step=seen)
             return trial.should_prune()
 
@@ -399,7 +399,7 @@ class _TrialRunner:
         trial.set_user_attr("trainable_params", result.trainable_params)
         trial.set_user_attr("train_time_s", result.train_time_s)
         trial.set_user_attr("eval_time_s", result.eval_time_s)
-        if tracker is not None and run_id is not None:
+        if run_id is not None:  # the artifact is made only for a run that records it
             _finish_tracked(tracker, run_id, state, result, self.base, self.data, config.method,
                             self.home)
         if state == "PRUNED":
@@ -420,7 +420,7 @@ def _counted(study: optuna.Study) -> list[int]:
             and not str(t.user_attrs.get("fail_reason", "")).startswith(OVER_BUDGET)]
 
 
-def _recover(study: optuna.Study, tracker, closed: set[int],
+def _recover(study: optuna.Study, tracker: TrackerProtocol, closed: set[int],
              log: Callable[[str], None]) -> None:
     """Fail the trials whose process is gone (stale heartbeat on a server; a dead pid on this
     host, which SQLite needs as it has no heartbeats), close their MLflow runs, and queue every
@@ -442,7 +442,7 @@ def _recover(study: optuna.Study, tracker, closed: set[int],
         log(f"trial #{trial.number} was left RUNNING by a process that is gone: failed "
             "and queued to run again")
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if tracker is not None and run_id:
+        if run_id:
             tracker.end_trial(run_id, "FAIL", reason=reason, status="KILLED")
     trials = study.get_trials(deepcopy=False)
     queued = {t.user_attrs.get("retry_of") for t in trials}
@@ -450,11 +450,10 @@ def _recover(study: optuna.Study, tracker, closed: set[int],
         if (trial.state == TrialState.FAIL and trial.number not in queued
                 and str(trial.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    if tracker is not None:
-        _close_stale_runs(study, tracker, closed)
+    _close_stale_runs(study, tracker, closed)
 
 
-def _close_stale_runs(study: optuna.Study, tracker, closed: set[int]) -> None:
+def _close_stale_runs(study: optuna.Study, tracker: TrackerProtocol, closed: set[int]) -> None:
     """A trial failed for a stale heartbeat left its MLflow run RUNNING: mark it FAILED."""
     trials = study.get_trials(deepcopy=False)
     retries = {t.system_attrs.get("failed_trial"): t.number for t in trials}
@@ -478,8 +477,9 @@ def _value(result: TrainResult, split: str, metric: str) -> float:
     return result.best.metrics[split][metric]
 
 
-def _finish_tracked(tracker, run_id: str, state: str, result: TrainResult, base: BaseModel,
-                    data: TaskData, method: str, home: str | os.PathLike[str]) -> None:
+def _finish_tracked(tracker: TrackerProtocol, run_id: str, state: str, result: TrainResult,
+                    base: BaseModel, data: TaskData, method: str,
+                    home: str | os.PathLike[str]) -> None:
     if method == "full" or result.status != "completed":
         # a whole checkpoint is not a bias artifact, and a pruned run is not a usable model
         tracker.end_trial(run_id, state, result=result)

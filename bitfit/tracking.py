@@ -30,9 +30,11 @@ from mlflow.tracking import MlflowClient
 
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
+from bitfit.tracker import NoTracker, TrackerProtocol
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
-__all__ = ["Tracker", "default_tracking_uri", "mask_url", "run_url", "ui_command"]
+__all__ = ["NoTracker", "Tracker", "TrackerProtocol", "default_tracking_uri", "mask_url",
+           "run_url", "ui_command"]
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # runs, not GenAI traces
