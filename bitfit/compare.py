@@ -19,10 +19,11 @@ from pathlib import Path
 
 import optuna
 
-from bitfit.artifacts import TENSORS, save_artifact, unique_folder
+from bitfit.artifacts import TENSORS, unique_folder
 from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel
+from bitfit.methods import method
 from bitfit.metrics import constant_score
 from bitfit.pool import (MAX_PROCESSES, NOT_STARTED, check_not_starting, default_processes,
                          in_processes, worker_state)
@@ -287,8 +288,8 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
     out = folder / f"{label}-seed{config.seed}"
     artifact_bytes = 4 * result.trainable_params
     artifact = ""
-    if config.method != "full":  # a full model is a checkpoint, not an artifact
-        save_artifact(result, base, task, out, extra={"data": {"max_length": data.max_length}})
+    if method(config.method).writes_artifact:  # a full model is a checkpoint, not an artifact
+        result.save(base, task, out, extra={"data": {"max_length": data.max_length}})
         artifact_bytes = (out / TENSORS).stat().st_size
         artifact = str(out)
     return result, SeedRun(

@@ -24,10 +24,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from bitfit.artifacts import save_artifact
 from bitfit.data import TaskData, splits_digest
 from bitfit.interrupts import INTERRUPTED, Interrupted, is_interruption, owner, owner_alive
 from bitfit.interrupts import signal_name as _signal_name
+from bitfit.methods import TABLE
 from bitfit.models import BaseModel
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
@@ -480,14 +480,14 @@ def _value(result: TrainResult, split: str, metric: str) -> float:
 def _finish_tracked(tracker: TrackerProtocol, run_id: str, state: str, result: TrainResult,
                     base: BaseModel, data: TaskData, method: str,
                     home: str | os.PathLike[str]) -> None:
-    if method == "full" or result.status != "completed":
+    if not TABLE[method].writes_artifact or result.status != "completed":
         # a whole checkpoint is not a bias artifact, and a pruned run is not a usable model
         tracker.end_trial(run_id, state, result=result)
         return
     Path(home).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=home) as tmp:
-        folder = save_artifact(result, base, data.task, Path(tmp) / "artifact",
-                               extra={"data": {"max_length": data.max_length}})
+        folder = result.save(base, data.task, Path(tmp) / "artifact",
+                             extra={"data": {"max_length": data.max_length}})
         tracker.end_trial(run_id, state, result=result, artifact_dir=folder)
 
 

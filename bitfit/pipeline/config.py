@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from bitfit.methods import BASELINES
 
 QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
 SEEDS = 5  # final runs per method without --seeds
@@ -14,7 +15,7 @@ QUICK_SEEDS = 3  # ... with the quick preset
 SelectOn = Literal["heldout", "dev"]
 Pooling = Literal["auto", "pooler", "cls", "mean"]
 ExtraMethod = Literal["frozen", "rand"]
-EXTRA_METHODS = ("frozen", "rand")
+EXTRA_METHODS = BASELINES  # the controls a search can train beside BitFit (bitfit.methods)
 HELDOUT_FRACTION = 0.1  # `bitfit prepare`'s validation split (a study's: data.heldout_size)
 SIDE_BY_SIDE_MIN_WORK = 4_000  # trials x training rows from which trials run side by side
 

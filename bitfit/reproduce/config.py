@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bitfit.methods import TABLE
 from bitfit.models import BaseModel
 from bitfit.pipeline import OwnData, check_device, check_stores
 from bitfit.tasks import Task
@@ -70,7 +71,7 @@ class Budget:
 # class's F1) and RTE (every method within noise of chance) cannot test a claim at 500 rows and
 # cost 60% of the compute (their pairs are 3-6 times as long), so small leaves them to --tasks.
 _SMALL_BIAS = Recipe((1e-3, 3e-3), batch_size=8, max_steps=375)
-_PAPER_BIAS = Recipe((1e-4, 4e-4, 7e-4, 1e-3), batch_size=8, epochs=16, schedule="constant",
+_PAPER_BIAS = Recipe(TABLE["bitfit"].rate_grid, batch_size=8, epochs=16, schedule="constant",
                      warmup_ratio=0.0)
 BUDGETS: dict[str, Budget] = {
     "small": Budget(
@@ -93,9 +94,9 @@ BUDGETS: dict[str, Budget] = {
         curve_seeds=3, max_length=128,
         recipes={"bitfit": _PAPER_BIAS, "bitfit_qm2": _PAPER_BIAS, "rand": _PAPER_BIAS,
                  "frozen": _PAPER_BIAS,
-                 "lora": Recipe((1e-4, 2e-4, 4e-4, 5e-4), batch_size=16, epochs=20,
+                 "lora": Recipe(TABLE["lora"].rate_grid, batch_size=16, epochs=20,
                                 warmup_ratio=0.06),
-                 "full": Recipe((1e-5, 2e-5, 3e-5, 5e-5), batch_size=32, epochs=3)},
+                 "full": Recipe(TABLE["full"].rate_grid, batch_size=32, epochs=3)},
         about="a GPU and a masked-LM BERT: whole training splits (less the held-out rows), the "
               "paper's recipes: BitFit, its subsets and the baselines at batch 8 for 16 epochs "
               "at a constant rate over the paper's grid, full fine-tuning 3 epochs at batch 32 "
