@@ -3,7 +3,8 @@ forward pass on the bundled MiniLM, one fixed batch of 32 x 64 tokens; peak memo
 
     python benchmarks/step_time.py [--reps 20] [--warmup 3]
 
-A training step is the library's own ``bitfit.train.train_step`` (the batch already collated);
+A training step is the library's own ``bitfit.train.train_step``, on the model and optimiser that
+``prepare_model`` and ``configure_optimizer`` set up as ``train`` does (the batch already collated);
 each mode has its own encoder copy and the modes run in rotating rounds, so machine noise hits
 all alike. Peak memory: a process per mode.
 ``wall_s`` and ``other_cpu_s`` cover the timed rounds: other_cpu_s well above 0 means other
@@ -24,12 +25,11 @@ from collections.abc import Callable
 
 import torch
 from _common import DATA_DIR, Run, emit, log, median_ms
-from transformers import get_linear_schedule_with_warmup
 
 from bitfit.data import load_splits
 from bitfit.models import BaseModel, load_base
 from bitfit.tasks import load_task
-from bitfit.train import TrainConfig, train_step, trainable_tensors
+from bitfit.train import TrainConfig, configure_optimizer, prepare_model, train_step
 
 CONFIGS: dict[str, TrainConfig | None] = {  # None: inference forward pass
     "full": TrainConfig(method="full", learning_rate=2e-5, precision="fp32"),  # a full-FT lr
@@ -85,21 +85,10 @@ def make_step(base: BaseModel, mode: str, batch: dict) -> Callable[[], None]:
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=False):
                 model(**inputs).float().cpu().numpy()
         return forward
-    names, _ = trainable_tensors(base, config)
-    torch.manual_seed(config.seed)
-    model = base.classifier(2, seed=config.seed, dropout=config.dropout)
-    base.remember(names)
-    params = dict(model.encoder.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-    trained = {f"encoder.{n}": params[n] for n in names}
-    trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
-    decay = [p for p in trained.values() if p.dim() >= 2]
-    no_decay = [p for p in trained.values() if all(p is not d for d in decay)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate, fused=True)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 100, 100_000)
+    cpu = torch.device("cpu")
+    model, trained, masks = prepare_model(base, 2, config, cpu)  # the library's own set-up
+    optimizer, scheduler, _ = configure_optimizer(trained, masks, config, total_steps=100_000,
+                                                  device=cpu)
     params = list(trained.values())
     model.train()
 

@@ -38,7 +38,7 @@ from bitfit.trainconfig import (PRECISIONS, SCHEDULES, TrainConfig, epochs_of, l
 __all__ = [
     "PRECISIONS", "SCHEDULES", "Callback", "Evaluation", "TrainConfig", "TrainResult",
     "configure_optimizer", "cpu_has_fast_bf16", "epochs_of", "evaluate", "frozen_weights_in",
-    "linear_schedule", "lr_sum", "peak_memory_mb", "predict", "reset_peak_memory",
+    "linear_schedule", "lr_sum", "peak_memory_mb", "predict", "prepare_model", "reset_peak_memory",
     "resolve_device", "resolve_precision", "seed_sample", "total_steps_of", "train",
     "train_step", "trainable_tensors",
 ]
@@ -78,14 +78,14 @@ def seed_sample(data: TaskData, config: TrainConfig) -> TaskData:
     return dataclasses.replace(data, train=data.train.take(np.sort(rows[: config.train_samples])))
 
 
-def _prepare_model(base: BaseModel, data: TaskData, config: TrainConfig, device: torch.device
-                   ) -> tuple[TextClassifier, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def prepare_model(base: BaseModel, num_labels: int, config: TrainConfig, device: torch.device
+                  ) -> tuple[TextClassifier, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The classifier on ``device`` with the method's tensors trainable; those tensors by name in
     the classifier (``encoder.…``, ``head.…``), and rand's masks on ``device`` (else empty)."""
     torch.manual_seed(config.seed)  # PyTorch's dropout (off the CPU) draws from it
     dropout.seed(config.seed)  # the CPU's dropout masks (bitfit.dropout)
     # the classifier first: it restores the encoder, taking off an earlier LoRA run's adapters
-    model = base.classifier(data.task.num_labels, seed=config.seed, dropout=config.dropout)
+    model = base.classifier(num_labels, seed=config.seed, dropout=config.dropout)
     names, mask = trainable_tensors(base, config)
     base.remember(names)
     adapters: dict[str, torch.Tensor] = {}
@@ -175,7 +175,7 @@ def train(
     precision = resolve_precision(config.precision, dev)
     reset_peak_memory(dev)
     data = seed_sample(data, config)
-    model, trained, masks = _prepare_model(base, data, config, dev)
+    model, trained, masks = prepare_model(base, data.task.num_labels, config, dev)
     pad_id = base.tokenizer.pad_token_id or 0
     with frozen_weights_in(model, torch.bfloat16 if precision == "bf16" else None):
         state = _optimise(model, data, config, trained, masks, callback=callback, pad_id=pad_id,
