@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bitfit.checks import at_least, positive
 from bitfit.methods import TABLE
 from bitfit.models import BaseModel
 from bitfit.pipeline import OwnData, check_device, check_stores
+from bitfit.pool import check_not_starting
+from bitfit.settings import home_dir
 from bitfit.tasks import Task
 
 # a method's label -> what it trains (TrainConfig fields)
@@ -205,9 +208,6 @@ class ReproduceConfig:
 
 def check(config: ReproduceConfig) -> ReproduceConfig:
     """Everything that can be checked before the model loads; the config with its stores."""
-    from bitfit.compare import check_not_starting
-    from bitfit.entry import at_least, positive
-    from bitfit.settings import home_dir
     check_not_starting()
     if config.budget not in BUDGETS:
         raise ValueError(f"--budget must be one of {', '.join(BUDGETS)}, got {config.budget!r}")
