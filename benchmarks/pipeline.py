@@ -123,6 +123,50 @@ def _final(summary: dict[str, Any]) -> dict[str, Any]:
             "verdict": (evaluation.get("verdict") or {}).get("verdict")}
 
 
+def _phase(p: dict[str, Any], *, storage: str, summary: dict[str, Any], encoder: Any,
+           rate: float) -> dict[str, Any]:
+    """One phase's line: its FLOPs from what it ran, its floor, and where the rest went."""
+    name, flops, eval_flops, tokens = p["phase"], 0.0, 0.0, 0
+    if name == "search_study":
+        study = p["kwargs"]["study_name"]
+        t, e, tt, et = study_flops(storage, study, p["args"][1], encoder)
+        flops, eval_flops, tokens = t + e, e, tt + et
+        name = f"study {study}"
+    elif name == "final_evaluation":
+        flops, eval_flops, tokens = _final_flops(p, storage, summary, encoder)
+    floor = flops / rate
+    return {
+        "phase": name, "wall_s": round(p["wall_s"], 1), "tokens": tokens,
+        "tflops": round(flops / 1e12, 3), "floor_s": round(floor, 1),
+        "efficiency": round(floor / p["wall_s"], 3) if p["wall_s"] else None,
+        "rest": {"cpu_use": round(p["cpu_s"] / (p["wall_s"] * (os.cpu_count() or 1)),
+                                  2) if p["wall_s"] else None,
+                 "evaluation_flops_share": round(eval_flops / flops, 3) if flops
+                 else None}}
+
+
+def _final_flops(p: dict[str, Any], storage: str, summary: dict[str, Any],
+                 encoder: Any) -> tuple[float, float, int]:
+    """(FLOPs, evaluation FLOPs, tokens) of the final evaluation: each method's seeds, trained
+    for its best trial's epochs and evaluated on dev after each."""
+    flops, eval_flops, tokens = 0.0, 0.0, 0
+    data, c = p["args"][1], p["args"][2]
+    epochs = {"bitfit": None, "full": None}
+    for label, stud in (("bitfit", summary["study_name"]),
+                        ("full", summary.get("baseline", {}).get("study_name"))):
+        if stud:
+            best = optuna.load_study(study_name=stud, storage=storage).best_trial
+            epochs[label] = best.user_attrs.get("config", {}).get("epochs", 3)
+    train_f, dev = forward_flops(data.train, encoder), next(iter(data.evals.values()))
+    dev_f = forward_flops(dev, encoder)
+    for label, n in epochs.items():
+        if n:
+            flops += c.seeds * n * (PASSES[label] * train_f + dev_f)
+            eval_flops += c.seeds * n * dev_f
+            tokens += c.seeds * n * int(data.train.lengths.sum() + dev.lengths.sum())
+    return flops, eval_flops, tokens
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=1.0)
@@ -155,38 +199,8 @@ def main() -> None:
         storage = f"sqlite:///{Path(home).resolve()}/optuna.db"
         base = timed.phases[0]["result"]
         encoder = base.encoder.config
-        phases = []
-        for p in timed.phases:
-            name, flops, eval_flops, tokens = p["phase"], 0.0, 0.0, 0
-            if name == "search_study":
-                study = p["kwargs"]["study_name"]
-                t, e, tt, et = study_flops(storage, study, p["args"][1], encoder)
-                flops, eval_flops, tokens = t + e, e, tt + et
-                name = f"study {study}"
-            elif name == "final_evaluation":
-                data, c = p["args"][1], p["args"][2]
-                epochs = {"bitfit": None, "full": None}
-                for label, stud in (("bitfit", summary["study_name"]),
-                                    ("full", summary.get("baseline", {}).get("study_name"))):
-                    if stud:
-                        best = optuna.load_study(study_name=stud, storage=storage).best_trial
-                        epochs[label] = best.user_attrs.get("config", {}).get("epochs", 3)
-                train_f, dev = forward_flops(data.train, encoder), next(iter(data.evals.values()))
-                dev_f = forward_flops(dev, encoder)
-                for label, n in epochs.items():
-                    if n:
-                        flops += c.seeds * n * (PASSES[label] * train_f + dev_f)
-                        eval_flops += c.seeds * n * dev_f
-                        tokens += c.seeds * n * int(data.train.lengths.sum() + dev.lengths.sum())
-            floor = flops / rate
-            phases.append({
-                "phase": name, "wall_s": round(p["wall_s"], 1), "tokens": tokens,
-                "tflops": round(flops / 1e12, 3), "floor_s": round(floor, 1),
-                "efficiency": round(floor / p["wall_s"], 3) if p["wall_s"] else None,
-                "rest": {"cpu_use": round(p["cpu_s"] / (p["wall_s"] * (os.cpu_count() or 1)),
-                                          2) if p["wall_s"] else None,
-                         "evaluation_flops_share": round(eval_flops / flops, 3) if flops
-                         else None}})
+        phases = [_phase(p, storage=storage, summary=summary, encoder=encoder, rate=rate)
+                  for p in timed.phases]
         total_flops = sum(p["tflops"] for p in phases) * 1e12
         floor = total_flops / rate
     emit({

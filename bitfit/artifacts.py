@@ -108,7 +108,24 @@ def save_artifact(trained: dict[str, torch.Tensor], base: BaseModel, task: Task,
         else:  # rand: store the chosen scalars and where they go, not the whole matrix
             tensors[f"{name}:indices"] = mask.flatten().nonzero().flatten()
             tensors[f"{name}:values"] = value.flatten()[mask.flatten()].contiguous()
-    manifest = {
+    manifest = _manifest(base, task, run)
+    clash = sorted(set(extra or {}) & {*manifest, "identity_sha256"})
+    if clash:  # extra must not override what the manifest itself records
+        raise ValueError(f"extra manifest key {clash[0]!r} is one of the manifest's own")
+    manifest.update(extra or {})
+    blob = save(tensors, metadata={SEAL_KEY: _canonical(_sealed(manifest))})
+    manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    manifest["identity_sha256"] = _identity_sha256(manifest)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TENSORS).write_bytes(blob)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return out
+
+
+def _manifest(base: BaseModel, task: Task, run: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a run, its tensors' hash still empty."""
+    return {
         "format": FORMAT,
         "base_model": base.model_id,
         "base_weights_sha256": base.weights_hash,
@@ -126,18 +143,6 @@ def save_artifact(trained: dict[str, torch.Tensor], base: BaseModel, task: Task,
                      "safetensors": _version("safetensors"),
                      "python": platform.python_version()},
     }
-    clash = sorted(set(extra or {}) & {*manifest, "identity_sha256"})
-    if clash:  # extra must not override what the manifest itself records
-        raise ValueError(f"extra manifest key {clash[0]!r} is one of the manifest's own")
-    manifest.update(extra or {})
-    blob = save(tensors, metadata={SEAL_KEY: _canonical(_sealed(manifest))})
-    manifest["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
-    manifest["identity_sha256"] = _identity_sha256(manifest)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / TENSORS).write_bytes(blob)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return out
 
 
 def _version(package: str) -> str:

@@ -15,6 +15,7 @@ Prefect (``python flows/*.py`` runs the same as Prefect flows).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -25,12 +26,14 @@ from bitfit.methods import METHODS, method
 from bitfit.models import POOLINGS
 from bitfit.settings import HOME_ENV, home_dir
 from bitfit.train import PRECISIONS, SCHEDULES
+from bitfit.trainconfig import TrainConfig
 
 __all__ = ["HOME_ENV", "home_dir", "main"]
 
+
 def _parser() -> argparse.ArgumentParser:
-    from bitfit.commands import (evaluate_arguments, own_data_arguments, prepare_arguments,
-                                 reproduce_arguments, search_arguments)
+    from bitfit.commands import (evaluate_arguments, prepare_arguments, reproduce_arguments,
+                                 search_arguments)
 
     parser = argparse.ArgumentParser(prog="bitfit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,25 +48,39 @@ def _parser() -> argparse.ArgumentParser:
         "reproduce", help="check the paper's claims on this model: methods x tasks x seeds, "
         "the data-size curve, which biases move"))
     p = commands.add_parser("train", help="train one configuration and save its bias artifact")
+    _train_arguments(p)
+    return parser
+
+
+# TrainConfig's own defaults: the train flags that set one of its fields take them from here.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``bitfit train``."""
+    from bitfit.commands import own_data_arguments
+
     p.add_argument("--task", required=True, help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, "
                    "qnli, rte, wnli) or a name for a custom task given by --train-file/--dev-file")
-    p.add_argument("--method", default="bitfit", choices=METHODS)
-    p.add_argument("--subset", default="all",
+    p.add_argument("--method", default=_DEFAULTS["method"], choices=METHODS)
+    p.add_argument("--subset", default=_DEFAULTS["subset"],
                    help="bias subset: all, qm2, attention, mlp, layernorm or terms like q+m2+ln2")
-    p.add_argument("--lr", "--learning-rate", type=float, default=1e-3, help="learning rate")
-    p.add_argument("--epochs", "--num-train-epochs", type=int, default=3)
-    p.add_argument("--batch-size", "--per-device-train-batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="after the warmup: "
-                   "linear decay to 0, or the rate held constant")
-    p.add_argument("--max-steps", type=int, default=None, help="train this many optimiser "
-                   "steps instead of --epochs")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--lr", "--learning-rate", type=float, default=_DEFAULTS["learning_rate"],
+                   help="learning rate")
+    p.add_argument("--epochs", "--num-train-epochs", type=int, default=_DEFAULTS["epochs"])
+    p.add_argument("--batch-size", "--per-device-train-batch-size", type=int,
+                   default=_DEFAULTS["batch_size"])
+    p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    p.add_argument("--warmup-ratio", type=float, default=_DEFAULTS["warmup_ratio"])
+    p.add_argument("--schedule", default=_DEFAULTS["schedule"], choices=SCHEDULES,
+                   help="after the warmup: linear decay to 0, or the rate held constant")
+    p.add_argument("--max-steps", type=int, default=_DEFAULTS["max_steps"],
+                   help="train this many optimiser steps instead of --epochs")
+    p.add_argument("--weight-decay", type=float, default=_DEFAULTS["weight_decay"])
+    p.add_argument("--dropout", type=float, default=_DEFAULTS["dropout"],
                    help="dropout probability everywhere (default: the checkpoint's own)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps "
-                   "(default: each epoch)")
+    p.add_argument("--eval-every", type=int, default=_DEFAULTS["eval_every"],
+                   help="evaluate every N steps (default: each epoch)")
     p.add_argument("--max-train-samples", type=int, default=None,
                    help="train on a seeded random sample of this many examples")
     p.add_argument("--validation-fraction", type=float, default=None,
@@ -77,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "--model-name-or-path", default=None,
                    help="local folder or Hub id (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", default="auto", choices=POOLINGS)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--precision", default=_DEFAULTS["precision"], choices=PRECISIONS)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--home", default=None, help="run home for the cache and artifacts "
                    f"(default: ${HOME_ENV} or ./runs)")
@@ -89,7 +106,6 @@ def _parser() -> argparse.ArgumentParser:
                    "the artifact there")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
 
 
 # Flags that count something, and their least value: caught here, before anything loads.
@@ -142,7 +158,7 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
     from bitfit.models import load_base
     from bitfit.commands import own_data
     from bitfit.pipeline import resolve_task
-    from bitfit.train import TrainConfig, train
+    from bitfit.train import train
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
