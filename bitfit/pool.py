@@ -21,7 +21,7 @@ import torch
 
 from bitfit.data import TaskData
 from bitfit.models import BaseModel, load_base
-from bitfit.train import resolve_device
+from bitfit.hardware import resolve_device
 
 __all__ = ["MAX_PROCESSES", "NOT_STARTED", "check_not_starting", "default_processes",
            "in_processes", "worker_state"]

@@ -29,7 +29,7 @@ from bitfit.space_schema import (_PRUNERS, _SAMPLERS, _TOP, _TRAIN, Fail, SpaceE
                                  _example, _fixed, _Kind, _known, _objective, _options, _params,
                                  _read, _value)
 from bitfit.tasks import Task
-from bitfit.train import TrainConfig
+from bitfit.trainconfig import TrainConfig
 
 __all__ = ["SPACES_DIR", "SPACES_PACKAGE", "Fail", "SearchSpace", "SpaceError", "check_metric",
            "load_space", "resolve_space_path"]

@@ -23,7 +23,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 
 from bitfit.biases import TERMS, parse_subset
 from bitfit.methods import TABLE
-from bitfit.train import TrainConfig
+from bitfit.trainconfig import TrainConfig
 
 
 _TOP = {"method", "n_trials", "objective", "sampler", "pruner", "train", "params",

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bitfit.train import Evaluation, TrainConfig, TrainResult
+from bitfit.results import Evaluation, TrainResult
+from bitfit.trainconfig import TrainConfig
 
 if TYPE_CHECKING:
     import optuna

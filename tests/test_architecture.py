@@ -15,11 +15,12 @@ LAYERS: list[set[str]] = [
     {"__init__", "__main__", "cli"},  # the command line
     {"commands", "orchestrate"},  # the commands and the Prefect flows' bodies
     {"pipeline", "reproduce", "entry"},  # the workflows, and what every command does around them
-    {"compare", "study", "studies", "tracking", "registry", "_pyfunc", "pool", "space"},
+    {"compare", "study", "studies", "tracking", "registry", "_pyfunc", "pool", "space",
+     "space_schema"},
     {"train", "tracker", "results", "artifacts", "lora", "evaluation", "optim"},
     {"models", "data", "metrics", "services", "trainconfig", "hardware"},
     {"methods", "biases", "tasks", "settings", "checks", "dropout", "interrupts", "report",
-     "verdicts"},
+     "verdicts", "ttest"},
 ]
 RANK = {name: depth for depth, layer in enumerate(LAYERS) for name in layer}
 MAX_MODULE_LINES = 450
