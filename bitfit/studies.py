@@ -7,6 +7,7 @@ study through these functions.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,17 +17,30 @@ import optuna
 from optuna.trial import TrialState
 
 from bitfit.data import TaskData, splits_digest
-from bitfit.interrupts import INTERRUPTED
+from bitfit import interrupts
 from bitfit.services import mask_url
 from bitfit.space import SearchSpace
 from bitfit.trainconfig import TrainConfig
 
-__all__ = ["FINISHED", "IDENTITY_LABELS", "OVER_BUDGET", "StudyMismatch", "StudyOutcome",
-           "best_config", "check_identity", "counted", "study_identity", "trial_report"]
+__all__ = ["FINISHED", "IDENTITY_LABELS", "FailReason", "StudyMismatch", "StudyOutcome",
+           "best_config", "check_identity", "counted", "reason_of", "study_identity",
+           "trial_report"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
-OVER_BUDGET = "over the study's budget"
+
+
+class FailReason(enum.StrEnum):
+    """The failures a study acts on. Each value is how the ``fail_reason`` stored on such a trial
+    starts, so the reasons of studies written before this type still read."""
+
+    INTERRUPTED = interrupts.INTERRUPTED  # a signal, or its process is gone: run again first
+    OVER_BUDGET = "over the study's budget"  # another worker took the last place: not run
+
+    @classmethod
+    def of(cls, text: object) -> FailReason | None:
+        """The reason a stored ``fail_reason`` starts with; None for any other failure."""
+        return next((reason for reason in cls if str(text).startswith(reason.value)), None)
 
 
 class StudyMismatch(ValueError):
@@ -95,9 +109,13 @@ def counted(study: optuna.Study) -> list[int]:
     return [t.number for t in trials
             if t.state in (*FINISHED, TrialState.RUNNING)
             and not (t.state == TrialState.FAIL and (
-                t.number in retried
-                or str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)))
-            and not str(t.user_attrs.get("fail_reason", "")).startswith(OVER_BUDGET)]
+                t.number in retried or reason_of(t) is FailReason.INTERRUPTED))
+            and reason_of(t) is not FailReason.OVER_BUDGET]
+
+
+def reason_of(trial: optuna.trial.FrozenTrial) -> FailReason | None:
+    """The ``FailReason`` of a trial's stored ``fail_reason``; None when it has another."""
+    return FailReason.of(trial.user_attrs.get("fail_reason", ""))
 
 
 def trial_report(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, metric: str,

@@ -22,15 +22,15 @@ import optuna
 from optuna.trial import TrialState
 
 from bitfit.data import TaskData
-from bitfit.interrupts import INTERRUPTED, Interrupted, is_interruption, owner, owner_alive
+from bitfit.interrupts import Interrupted, is_interruption, owner, owner_alive
 from bitfit.interrupts import signal_name as _signal_name
 from bitfit.methods import TABLE
 from bitfit.models import BaseModel
 from bitfit.services import store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
 from bitfit.space import SearchSpace
-from bitfit.studies import (OVER_BUDGET, StudyMismatch, StudyOutcome, check_identity,
-                            study_identity, trial_report)
+from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity,
+                            reason_of, study_identity, trial_report)
 from bitfit.studies import counted as _counted
 from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import Evaluation, TrainResult, train
@@ -265,7 +265,6 @@ def _optimize(study: optuna.Study, trial_run: _TrialRunner,
               report: Callable[[optuna.Study, optuna.trial.FrozenTrial], None], *,
               log: Callable[[str], None]) -> None:
     """Run trials until the study's budget is spent; an interruption ends the parent run KILLED."""
-    tracker, parent_id = trial_run.tracker, trial_run.parent_id
     closed: set[int] = set()
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by `report`
@@ -274,13 +273,13 @@ def _optimize(study: optuna.Study, trial_run: _TrialRunner,
     # worker died or was interrupted is failed and run again in its place.
     try:
         while True:
-            _recover(study, tracker, closed, log)
+            _recover(study, trial_run.tracker, closed, log)
             if len(_counted(study)) >= trial_run.budget:
                 break
             study.optimize(trial_run, n_trials=1, catch=(Exception,), callbacks=[report])
     except BaseException as err:
-        if parent_id is not None and is_interruption(err):
-            tracker.stop_run(parent_id, "KILLED")
+        if trial_run.parent_id is not None and is_interruption(err):
+            trial_run.tracker.stop_run(trial_run.parent_id, "KILLED")
         raise
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -318,7 +317,7 @@ class _TrialRunner:
             raise
         except BaseException as err:  # recorded as FAIL with its reason; the study goes on
             interrupted = is_interruption(err)
-            reason = (f"{INTERRUPTED} by {_signal_name(err)}" if interrupted
+            reason = (f"{FailReason.INTERRUPTED.value} by {_signal_name(err)}" if interrupted
                       else f"{type(err).__name__}: {err}")
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", reason)
@@ -333,8 +332,9 @@ class _TrialRunner:
     def _run(self, trial: optuna.Trial) -> float:
         if sum(n < trial.number for n in _counted(self.study)) >= self.budget:
             # another worker took the last place first
-            trial.set_user_attr("fail_reason", f"{OVER_BUDGET} of {self.budget}: not run")
-            raise TrialFailed(f"{OVER_BUDGET} of {self.budget}")
+            over = f"{FailReason.OVER_BUDGET.value} of {self.budget}"
+            trial.set_user_attr("fail_reason", f"{over}: not run")
+            raise TrialFailed(over)
         values = {name: _suggest(trial, name, d) for name, d in self.space.distributions.items()}
         # a trial is scored after its last epoch, as the final runs are: the best of several
         # epochs would favour runs whose score only fluctuates
@@ -391,7 +391,7 @@ def _recover(study: optuna.Study, tracker: TrackerProtocol, closed: set[int],
         recorded = trial.user_attrs.get("owner")
         if not recorded or owner_alive(recorded) is not False:
             continue
-        reason = f"{INTERRUPTED}: its process ({recorded}) is gone"
+        reason = f"{FailReason.INTERRUPTED.value}: its process ({recorded}) is gone"
         try:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -406,7 +406,7 @@ def _recover(study: optuna.Study, tracker: TrackerProtocol, closed: set[int],
     queued = {t.user_attrs.get("retry_of") for t in trials}
     for trial in trials:
         if (trial.state == TrialState.FAIL and trial.number not in queued
-                and str(trial.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)):
+                and reason_of(trial) is FailReason.INTERRUPTED):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     _close_stale_runs(study, tracker, closed)
 
