@@ -1,5 +1,6 @@
-"""Reading a study back from its storage: the trials that spend its budget, its best trial and
-its best trial's resolved training config.
+"""Reading a study back from its storage: its identity (checked when it resumes), why its trials
+failed, the trials that spend its budget, the line that reports a trial, its best trial and that
+trial's resolved training config.
 
 ``bitfit.study`` runs a study and ``bitfit.compare`` evaluates its best config; both read a stored
 study through these functions.
@@ -16,8 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from bitfit.data import TaskData, splits_digest
 from bitfit import interrupts
+from bitfit.data import TaskData, splits_digest
 from bitfit.services import mask_url
 from bitfit.space import SearchSpace
 from bitfit.trainconfig import TrainConfig
@@ -27,7 +28,6 @@ __all__ = ["FINISHED", "IDENTITY_LABELS", "FailReason", "StudyMismatch", "StudyO
            "trial_report"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
 
 
 class FailReason(enum.StrEnum):
