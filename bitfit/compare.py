@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-
 from bitfit.artifacts import TENSORS, unique_folder
 from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
@@ -28,43 +26,15 @@ from bitfit.metrics import constant_score
 from bitfit.pool import (MAX_PROCESSES, NOT_STARTED, check_not_starting, default_processes,
                          in_processes, worker_state)
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise
+from bitfit.studies import best_config
 from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import TrainConfig, TrainResult, epochs_of, train
 from bitfit.verdicts import Verdict, competitive
 
-# the pool's names, imported from here before it had its own module
+# the pool's names and best_config, imported from here before they had their own modules
 __all__ = ["MAX_PROCESSES", "NOT_STARTED", "Comparison", "best_config", "check_not_starting",
            "compare", "comparison_verdict", "default_processes", "in_processes",
            "trade_off_markdown", "verdict_markdown", "worker_state"]
-
-def best_config(storage: str, study_name: str, *, method: str | None = None,
-                task: str | None = None) -> TrainConfig:
-    """The resolved training config of a study's best trial.
-
-    Args:
-        storage: the Optuna storage URL.
-        study_name: the study.
-        method: when given, the study must have searched this method (``bitfit``, ``full``).
-        task: when given, the study must have searched this task.
-
-    Raises:
-        ValueError: no such study, another method or task, or no completed trial in it.
-    """
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise ValueError(f"no study named {study_name!r} in the storage: run the search first "
-                         f"or name an existing study") from None
-    identity = study.user_attrs.get("identity") or {}
-    for key, wanted in (("method", method), ("task", task)):
-        if wanted is not None and identity.get(key, wanted) != wanted:
-            raise ValueError(f"study {study_name!r} searched {key} {identity[key]!r}, not "
-                             f"{wanted!r}: name a study of {key} {wanted!r}")
-    done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-    if not done:
-        raise ValueError(f"study {study_name!r} has no completed trial to evaluate: run more "
-                         "trials (the same search command resumes it)")
-    return TrainConfig(**study.best_trial.user_attrs["config"])
 
 
 @dataclass
@@ -135,25 +105,48 @@ def compare(
     check_not_starting()
     if processes is not None and processes < 1:
         raise ValueError(f"processes must be 1 or more, got {processes}")
-    task = data.task
-    split = data.selection_split
     folder = unique_folder(Path(home) / "evaluations", name)  # never another evaluation's
-    name = folder.name
     tracker = or_no_tracker(tracker)
-    experiment_id = tracker.experiment(experiment or task.name)
+    experiment_id = tracker.experiment(experiment or data.task.name)
+    parent_id = _evaluation_run(tracker, experiment_id, folder.name, data, configs, seeds)
+    jobs = [(label, dataclasses.replace(config, seed=seed, select_best=False))
+            for label, config in configs.items() for seed in range(seeds)]
+    runs = _run_jobs(base, data, jobs, tracker=tracker, experiment_id=experiment_id,
+                     parent_id=parent_id, folder=folder, device=device, processes=processes,
+                     log=log, progress=progress)
+    best_run = _best_bitfit(runs, data.task.main_metric)
+    comparison = _write_comparison(runs, data, folder, best_run, plots=plots,
+                                   parent_id=parent_id, experiment_id=experiment_id)
+    if parent_id is not None:
+        comparison = _end_evaluation(tracker, comparison, best_run, data.task.name,
+                                     data.task.main_metric, register=register)
+    return comparison
+
+
+def _evaluation_run(tracker: TrackerProtocol, experiment_id: str | None, name: str,
+                    data: TaskData, configs: dict[str, TrainConfig], seeds: int) -> str | None:
+    """The evaluation's parent run, with its settings and data."""
     parent_id = tracker.evaluation_run(experiment_id, name, {
-        "seeds": seeds, "task": task.name, "eval_split": split,
+        "seeds": seeds, "task": data.task.name, "eval_split": data.selection_split,
         "train_examples": len(data.train),
         **{f"{label}.{k}": v for label, c in configs.items()
            for k, v in dataclasses.asdict(c).items()}})
     tracker.log_data(parent_id, data, {"train": "training",
                                        **{s: "evaluation" for s in data.evals}})
-    jobs = [(label, dataclasses.replace(config, seed=seed, select_best=False))
-            for label, config in configs.items() for seed in range(seeds)]
+    return parent_id
+
+
+def _run_jobs(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfig]], *,
+              tracker: TrackerProtocol, experiment_id: str | None, parent_id: str | None,
+              folder: Path, device: str, processes: int | None, log: Callable[[str], None],
+              progress: Callable[[int, int], None] | None) -> list[SeedRun]:
+    """Train every (method, seed) job, each recorded as a child run; on any error or
+    interruption the runs not finished and the parent are stopped."""
     # a run not recorded has the id "" in runs.json
     run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c) or ""
                for label, c in jobs]
     workers = processes if processes is not None else default_processes(device, len(jobs))
+    main = data.task.main_metric
     runs: list[SeedRun] = []
     try:
         for (label, config), run_id, (result, seed_run) in zip(
@@ -164,7 +157,7 @@ def compare(
             if run_id:
                 tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
             log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
-                f"{task.main_metric} {seed_run.metrics[task.main_metric]:.4f}")
+                f"{main} {seed_run.metrics[main]:.4f}")
             if progress is not None:
                 progress(len(runs), len(jobs))
     except BaseException as err:  # no run is left RUNNING in MLflow
@@ -173,7 +166,21 @@ def compare(
             if stopped:
                 tracker.stop_run(stopped, status)
         raise
+    return runs
 
+
+def _best_bitfit(runs: list[SeedRun], main: str) -> SeedRun | None:
+    """The BitFit seed with the best dev score among those that wrote an artifact."""
+    bitfit_runs = [r for r in runs if r.artifact and r.method == "bitfit"]
+    return max(bitfit_runs, key=lambda r: r.metrics[main]) if bitfit_runs else None
+
+
+def _write_comparison(runs: list[SeedRun], data: TaskData, folder: Path,
+                      best_run: SeedRun | None, *, plots: bool, parent_id: str | None,
+                      experiment_id: str | None) -> Comparison:
+    """Summarise the runs, judge BitFit against full fine-tuning, and write the report,
+    tables, runs and plots under ``folder``."""
+    task, split = data.task, data.selection_split
     table = summarise(runs, task.metrics)
     main = task.main_metric
     majority = constant_score(task, data.train.labels, data.evals[split].labels)
@@ -181,8 +188,6 @@ def compare(
     text = markdown(table, task.metrics)
     test = "\n\n".join(t for t in (verdict_markdown(verdict, main, majority) if verdict else "",
                                     trade_off_markdown(table, main)) if t)
-    bitfit_runs = [r for r in runs if r.artifact and r.method == "bitfit"]
-    best_run = max(bitfit_runs, key=lambda r: r.metrics[main]) if bitfit_runs else None
     best = best_run.artifact if best_run else None
     test_text = ""
     if any(r.test_metrics for r in runs):  # the user's test file: scored, never selected on
@@ -204,16 +209,23 @@ def compare(
     if plots:
         plot_seeds(runs, main, folder / "dev_per_seed.png")
         plot_curves(runs, main, folder / "learning_curves.png")
-    if parent_id is not None:
-        tracker.end_evaluation(parent_id, folder, {
-            "finished_at": time.time(), "majority_class": majority,
-            **({"p_value": verdict.p_value, "difference": verdict.estimate} if verdict else {})},
-            tags={"verdict": verdict.verdict} if verdict else {})
-        if register and best_run is not None and best_run.run_id:
-            comparison = dataclasses.replace(comparison, registered_model=tracker.register(
-                best_run.run_id, best_run.artifact, task.name,
-                f"evaluation {name}, seed {best_run.seed}: dev {main} "
-                f"{best_run.metrics[main]:.4f}"))
+    return comparison
+
+
+def _end_evaluation(tracker: TrackerProtocol, comparison: Comparison, best_run: SeedRun | None,
+                    task: str, main: str, *, register: bool) -> Comparison:
+    """Close the parent run with the results, and register the best BitFit seed."""
+    verdict, majority = comparison.verdict, comparison.majority
+    assert comparison.parent_run_id is not None
+    tracker.end_evaluation(comparison.parent_run_id, comparison.folder, {
+        "finished_at": time.time(), "majority_class": majority,
+        **({"p_value": verdict.p_value, "difference": verdict.estimate} if verdict else {})},
+        tags={"verdict": verdict.verdict} if verdict else {})
+    if register and best_run is not None and best_run.run_id:
+        comparison = dataclasses.replace(comparison, registered_model=tracker.register(
+            best_run.run_id, best_run.artifact, task,
+            f"evaluation {comparison.folder.name}, seed {best_run.seed}: dev {main} "
+            f"{best_run.metrics[main]:.4f}"))
     return comparison
 
 

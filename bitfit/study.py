@@ -9,51 +9,42 @@ finished trials are kept and not rerun, and ``n_trials`` is the study's total bu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from bitfit.data import TaskData, splits_digest
-from bitfit.interrupts import INTERRUPTED, Interrupted, is_interruption, owner, owner_alive
+from bitfit.data import TaskData
+from bitfit.interrupts import Interrupted, is_interruption, owner, owner_alive
 from bitfit.interrupts import signal_name as _signal_name
 from bitfit.methods import TABLE
 from bitfit.models import BaseModel
-from bitfit.services import mask_url, store_lock
+from bitfit.services import store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
-
-__all__ = ["STORAGE_ENV", "StudyFailed", "StudyMismatch", "StudyOutcome", "default_storage",
-           "open_study", "run_study", "study_identity"]
 from bitfit.space import SearchSpace
+from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity,
+                            reason_of, study_identity, trial_report)
+from bitfit.studies import counted as _counted
 from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import Evaluation, TrainResult, train
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+__all__ = ["STORAGE_ENV", "StudyFailed", "StudyMismatch", "StudyOutcome", "default_storage",
+           "open_study", "run_study", "study_identity"]
 
 
 class TrialFailed(RuntimeError):
     """A trial that ran but produced no usable value (its loss diverged)."""
 
 
-class StudyMismatch(ValueError):
-    """A study resumed with settings other than those it was created with."""
-
-
 class StudyFailed(RuntimeError):
     """Every trial a run made failed, and the study has no completed trial."""
-
-
-OVER_BUDGET = "over the study's budget"
 
 
 def heartbeat_grace() -> int:
@@ -88,7 +79,7 @@ def open_study(space: SearchSpace, *, storage: str, study_name: str,
         except KeyError:  # a new study
             existing = None
         if existing is not None and identity is not None:
-            _check_identity(existing, identity, storage)
+            check_identity(existing, identity, storage)
         study = optuna.create_study(study_name=study_name, storage=backend,
                                     sampler=_TrialSeeded(space), pruner=space.make_pruner(),
                                     direction=space.direction,  # type: ignore[arg-type]
@@ -96,46 +87,6 @@ def open_study(space: SearchSpace, *, storage: str, study_name: str,
         if identity is not None and "identity" not in study.user_attrs:
             study.set_user_attr("identity", identity)
     return study
-
-
-IDENTITY_LABELS = {
-    "method": "method", "task": "task", "metric": "objective metric",
-    "direction": "direction", "space": "search space (digest of its parameters and fixed "
-    "settings)", "selection_split": "selection split",
-    "train_examples": "number of training examples",
-    "data": "training and selection data (digest)"}
-
-
-def study_identity(space: SearchSpace, data: TaskData, metric: str) -> dict[str, Any]:
-    """What defines a study: resuming it with any other value would mix incomparable trials."""
-    spec = {"distributions": {k: optuna.distributions.distribution_to_json(d)
-                              for k, d in sorted(space.distributions.items())},
-            "fixed": space.fixed, "max_length": space.max_length}
-    selection = data.selection_split
-    return {"method": space.method, "task": data.task.name, "metric": metric,
-            "direction": space.direction,
-            "space": _digest(json.dumps(spec, sort_keys=True, default=str).encode()),
-            "data": splits_digest(data.train, data.evals[selection]),
-            "train_examples": len(data.train), "selection_split": selection}
-
-
-def _digest(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()[:16]
-
-
-def _check_identity(study: optuna.Study, identity: dict[str, Any], storage: str) -> None:
-    stored = dict(study.user_attrs.get("identity") or {})
-    stored.setdefault("direction", study.direction.name.lower())
-    for key, label in IDENTITY_LABELS.items():
-        if key in stored and stored[key] != identity[key]:
-            raise StudyMismatch(
-                f"study {study.study_name!r} in {mask_url(storage)} was created with {label} "
-                f"{stored[key]!r}, and this run asks for {identity[key]!r}: give another "
-                "--study-name for the new settings, or the original settings to resume it")
 
 
 class _TrialSeeded(optuna.samplers.BaseSampler):
@@ -191,19 +142,6 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-@dataclass
-class StudyOutcome:
-    study: optuna.Study
-    parent_run_id: str | None
-    experiment_id: str | None
-    ran: int  # trials this call ran
-
-    @property
-    def best(self) -> optuna.trial.FrozenTrial | None:
-        done = self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        return self.study.best_trial if done else None
-
-
 def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return trial.suggest_categorical(name, dist.choices)
@@ -256,48 +194,77 @@ def run_study(
     budget = n_trials or space.n_trials
     if budget < 1:
         raise ValueError(f"n_trials must be 1 or more, got {budget}")
-    selection = data.selection_split
-    data = dataclasses.replace(data, evals={selection: data.evals[selection]})
+    data = dataclasses.replace(data, evals={data.selection_split: data.evals[data.selection_split]})
+    metric = _objective_metric(space, data)
+    study = _open(space, data, metric, storage=storage, study_name=study_name)
+    tracker = or_no_tracker(tracker)
+    experiment_id = tracker.experiment(experiment or data.task.name)
+    parent_id = _study_run(tracker, experiment_id, study, space, data, metric=metric,
+                           budget=budget, storage=storage, run_params=run_params)
+    trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
+                             tracker=tracker, experiment_id=experiment_id, parent_id=parent_id,
+                             home=home, device=device)
+    before = len(study.trials)
+    _optimize(study, trial_run, _reporter(metric, budget, log, progress), log=log)
+    tracker.end_study(parent_id, study)
+    _check_not_all_failed(study, study.trials[before:], trial_run.owner)
+    return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)
+
+
+def _objective_metric(space: SearchSpace, data: TaskData) -> str:
+    """The metric trials are judged on: the task's main one unless the space names another."""
     metric = data.task.main_metric if space.metric == "main" else space.metric
     if metric not in data.task.metrics:
         raise ValueError(f"objective metric {metric!r} is not a metric of task "
                          f"{data.task.name!r}: use one of {', '.join(data.task.metrics)}")
+    return metric
+
+
+def _open(space: SearchSpace, data: TaskData, metric: str, *, storage: str,
+          study_name: str) -> optuna.Study:
+    """Open the study, and record on it the split its trials are judged on."""
     study = open_study(space, storage=storage, study_name=study_name,
                        identity=study_identity(space, data, metric))
-    study.set_user_attr("selection_split", selection)
-    study.set_user_attr("selection_examples", len(data.evals[selection]))
-    tracker = or_no_tracker(tracker)
-    experiment_id = tracker.experiment(experiment or data.task.name)
-    parent_id = tracker.study_run(experiment_id, study_name, {
+    study.set_user_attr("selection_split", data.selection_split)
+    study.set_user_attr("selection_examples", len(data.evals[data.selection_split]))
+    return study
+
+
+def _study_run(tracker: TrackerProtocol, experiment_id: str | None, study: optuna.Study,
+               space: SearchSpace, data: TaskData, *, metric: str, budget: int, storage: str,
+               run_params: dict[str, Any] | None) -> str | None:
+    """The study's parent run, with its settings and data, recorded on the study."""
+    selection = data.selection_split
+    parent_id = tracker.study_run(experiment_id, study.study_name, {
         "space": space.name, "method": space.method, "n_trials": budget,
         "metric": metric, "direction": space.direction, "selection_split": selection,
         "sampler": space.sampler["name"], "pruner": space.pruner["name"],
-        "storage": storage, "study_name": study_name, "task": data.task.name,
+        "storage": storage, "study_name": study.study_name, "task": data.task.name,
         **(run_params or {})})
     tracker.log_data(parent_id, data, {"train": "training", selection: "selection"})
     if parent_id is not None:
         study.set_user_attr("mlflow_parent_run_id", parent_id)
-    trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
-                             tracker=tracker, experiment_id=experiment_id, parent_id=parent_id,
-                             home=home, device=device)
+    return parent_id
+
+
+def _reporter(metric: str, budget: int, log: Callable[[str], None],
+              progress: Callable[[int, int], None] | None
+              ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """The callback that logs each finished trial and the best so far, and reports progress."""
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        # finished ones: with workers side by side, others' running trials are counted too
-        done = len(_counted(study)) - len(study.get_trials(deepcopy=False,
-                                                           states=[TrialState.RUNNING]))
-        value = "" if trial.value is None else f" {metric} {trial.value:.4f}"
-        reason = (f" ({trial.user_attrs['fail_reason']})"
-                  if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs else "")
-        best = ""
-        if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
-            best = (f"; best {study.best_value:.4f} (trial {study.best_trial.number}: "
-                    f"{_params_text(study.best_trial.params)})")
-        log(f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value}{reason} "
-            f"({_params_text(trial.params)}){best}")
+        done, line = trial_report(study, trial, metric=metric, budget=budget)
+        log(line)
         if progress is not None:
             progress(min(done, budget), budget)
 
-    before = len(study.trials)
+    return report
+
+
+def _optimize(study: optuna.Study, trial_run: _TrialRunner,
+              report: Callable[[optuna.Study, optuna.trial.FrozenTrial], None], *,
+              log: Callable[[str], None]) -> None:
+    """Run trials until the study's budget is spent; an interruption ends the parent run KILLED."""
     closed: set[int] = set()
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by `report`
@@ -306,24 +273,27 @@ def run_study(
     # worker died or was interrupted is failed and run again in its place.
     try:
         while True:
-            _recover(study, tracker, closed, log)
-            if len(_counted(study)) >= budget:
+            _recover(study, trial_run.tracker, closed, log)
+            if len(_counted(study)) >= trial_run.budget:
                 break
             study.optimize(trial_run, n_trials=1, catch=(Exception,), callbacks=[report])
     except BaseException as err:
-        if parent_id is not None and is_interruption(err):
-            tracker.stop_run(parent_id, "KILLED")
+        if trial_run.parent_id is not None and is_interruption(err):
+            trial_run.tracker.stop_run(trial_run.parent_id, "KILLED")
         raise
     finally:
         optuna.logging.set_verbosity(verbosity)
-    tracker.end_study(parent_id, study)
-    mine = [t for t in study.trials[before:] if t.user_attrs.get("owner") == trial_run.owner]
-    if mine and all(t.state == TrialState.FAIL for t in mine) and not study.get_trials(
+
+
+def _check_not_all_failed(study: optuna.Study, new: list[optuna.trial.FrozenTrial],
+                          mine: str) -> None:
+    """Raise ``StudyFailed`` when every trial this process ran failed and none completed."""
+    ran = [t for t in new if t.user_attrs.get("owner") == mine]
+    if ran and all(t.state == TrialState.FAIL for t in ran) and not study.get_trials(
             deepcopy=False, states=[TrialState.COMPLETE]):
-        first = mine[0].user_attrs.get("fail_reason", "no reason recorded")
-        raise StudyFailed(f"every trial of study {study_name!r} failed ({len(mine)} of them; "
+        first = ran[0].user_attrs.get("fail_reason", "no reason recorded")
+        raise StudyFailed(f"every trial of study {study.study_name!r} failed ({len(ran)} of them; "
                           f"the first: {first}): fix the cause and run the same command again")
-    return StudyOutcome(study, parent_id, experiment_id, len(study.trials) - before)
 
 
 class _TrialRunner:
@@ -347,7 +317,7 @@ class _TrialRunner:
             raise
         except BaseException as err:  # recorded as FAIL with its reason; the study goes on
             interrupted = is_interruption(err)
-            reason = (f"{INTERRUPTED} by {_signal_name(err)}" if interrupted
+            reason = (f"{FailReason.INTERRUPTED.value} by {_signal_name(err)}" if interrupted
                       else f"{type(err).__name__}: {err}")
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", reason)
@@ -362,8 +332,9 @@ class _TrialRunner:
     def _run(self, trial: optuna.Trial) -> float:
         if sum(n < trial.number for n in _counted(self.study)) >= self.budget:
             # another worker took the last place first
-            trial.set_user_attr("fail_reason", f"{OVER_BUDGET} of {self.budget}: not run")
-            raise TrialFailed(f"{OVER_BUDGET} of {self.budget}")
+            over = f"{FailReason.OVER_BUDGET.value} of {self.budget}"
+            trial.set_user_attr("fail_reason", f"{over}: not run")
+            raise TrialFailed(over)
         values = {name: _suggest(trial, name, d) for name, d in self.space.distributions.items()}
         # a trial is scored after its last epoch, as the final runs are: the best of several
         # epochs would favour runs whose score only fluctuates
@@ -407,19 +378,6 @@ class _TrialRunner:
         return value
 
 
-def _counted(study: optuna.Study) -> list[int]:
-    """Numbers of the trials that spend the budget: finished or running, less the trials that
-    were interrupted or whose worker died (their retry counts instead) and those not run."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    return [t.number for t in trials
-            if t.state in (*FINISHED, TrialState.RUNNING)
-            and not (t.state == TrialState.FAIL and (
-                t.number in retried
-                or str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)))
-            and not str(t.user_attrs.get("fail_reason", "")).startswith(OVER_BUDGET)]
-
-
 def _recover(study: optuna.Study, tracker: TrackerProtocol, closed: set[int],
              log: Callable[[str], None]) -> None:
     """Fail the trials whose process is gone (stale heartbeat on a server; a dead pid on this
@@ -433,7 +391,7 @@ def _recover(study: optuna.Study, tracker: TrackerProtocol, closed: set[int],
         recorded = trial.user_attrs.get("owner")
         if not recorded or owner_alive(recorded) is not False:
             continue
-        reason = f"{INTERRUPTED}: its process ({recorded}) is gone"
+        reason = f"{FailReason.INTERRUPTED.value}: its process ({recorded}) is gone"
         try:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -448,7 +406,7 @@ def _recover(study: optuna.Study, tracker: TrackerProtocol, closed: set[int],
     queued = {t.user_attrs.get("retry_of") for t in trials}
     for trial in trials:
         if (trial.state == TrialState.FAIL and trial.number not in queued
-                and str(trial.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)):
+                and reason_of(trial) is FailReason.INTERRUPTED):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     _close_stale_runs(study, tracker, closed)
 
@@ -489,8 +447,3 @@ def _finish_tracked(tracker: TrackerProtocol, run_id: str, state: str, result: T
         folder = result.save(base, data.task, Path(tmp) / "artifact",
                              extra={"data": {"max_length": data.max_length}})
         tracker.end_trial(run_id, state, result=result, artifact_dir=folder)
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in params.items())

@@ -138,6 +138,20 @@ def test_passwords_in_urls_are_masked():
     assert mask_url("sqlite:///runs/optuna.db") == "sqlite:///runs/optuna.db"
 
 
+@pytest.mark.parametrize(("stored", "reason"), [
+    ("interrupted by SIGTERM", "INTERRUPTED"),
+    ("interrupted: its process (host:12:3.5) is gone", "INTERRUPTED"),
+    ("over the study's budget of 4: not run", "OVER_BUDGET"),
+    ("RuntimeError: the loss diverged", None),
+    ("", None)])
+def test_a_stored_fail_reason_reads_back_as_its_type(stored, reason):
+    from bitfit.studies import FailReason
+
+    # the values are the prefixes studies already store, so old studies still read
+    assert [r.value for r in FailReason] == ["interrupted", "over the study's budget"]
+    assert FailReason.of(stored) is (None if reason is None else FailReason[reason])
+
+
 @pytest.mark.parametrize("name", ["full_ft", "full_ft_quick"])
 def test_a_grid_study_tries_every_point_once_in_its_first_trials(name):
     # The sampler is made anew per trial with its seed moved on; a grid shuffled by a moved
