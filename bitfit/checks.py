@@ -5,6 +5,7 @@ and the reproduction all take these from here."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -21,6 +22,13 @@ def at_least(least: int, **counts: int | None) -> None:
 def positive(**counts: int | None) -> None:
     """Refuse a count below 1 (None means 'the default')."""
     at_least(1, **counts)
+
+
+def device_name(device: str) -> None:
+    """Refuse a device that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether the GPU
+    exists is the pipeline's ``check_device``)."""
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 def writable_folder(path: str | os.PathLike[str], flag: str) -> None:

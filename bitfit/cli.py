@@ -247,11 +247,12 @@ def _pipeline(args: argparse.Namespace) -> int:
         else:
             pipeline.print_report(result)
 
-    config = commands.config(args)
-    call = {"search": lambda: pipeline.run(config),
-            "evaluate": lambda: pipeline.evaluate(config, bitfit_study=args.bitfit_study,
+    # the config is made inside the work: a bad value is one sentence (Config.__post_init__)
+    call = {"search": lambda: pipeline.run(commands.config(args)),
+            "evaluate": lambda: pipeline.evaluate(commands.config(args),
+                                                  bitfit_study=args.bitfit_study,
                                                   full_study=args.full_study),
-            "prepare": lambda: pipeline.prepare(config)}
+            "prepare": lambda: pipeline.prepare(commands.config(args))}
     return run_command(call[args.command], show=show)
 
 

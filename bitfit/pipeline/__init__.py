@@ -16,12 +16,11 @@ Its modules, lowest first: ``config`` (the options), ``summaries`` (the report a
 ``checks``, ``studies``, ``evaluation``, and ``phases`` (``run``, ``evaluate``, ``prepare``).
 """
 
-from bitfit.pipeline.checks import (_check_extra, check_device, check_evaluation, check_length,
-                                    check_search, check_shared_stores, check_stores,
-                                    worker_device)
+from bitfit.pipeline.checks import (check_device, check_evaluation, check_length, check_search,
+                                    check_shared_stores, check_stores, worker_device)
 from bitfit.pipeline.config import (EXTRA_METHODS, HELDOUT_FRACTION, QUICK, QUICK_SEEDS, SEEDS,
                                     SIDE_BY_SIDE_MIN_WORK, Config, ExtraMethod, OwnData, Pooling,
-                                    SelectOn, resolve_task)
+                                    SelectOn, _check_extra, resolve_task)
 from bitfit.pipeline.evaluation import (evaluate_studies, evaluation_configs, evaluation_name,
                                         study_sizes)
 from bitfit.pipeline.phases import (_direct, evaluate, final_data, final_evaluation, load_model,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from bitfit.checks import at_least, positive, writable_folder
-from bitfit.pipeline.config import EXTRA_METHODS, Config, resolve_task
+from bitfit.checks import at_least, device_name, positive, writable_folder
+from bitfit.pipeline.config import Config, resolve_task
 from bitfit.services import mask_url
 
 
@@ -68,12 +68,9 @@ def check_length(model: str | None, max_length: int | None, flag: str = "--max-l
 
 def check_device(device: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and a GPU only where torch has one."""
-    import re
-
     import torch
 
-    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    device_name(device)
     if device.startswith("cuda"):
         count = torch.cuda.device_count()
         index = int(device.split(":")[1]) if ":" in device else 0
@@ -91,13 +88,6 @@ def worker_device(device: str, index: int, gpus: int) -> str:
     return device
 
 
-def _check_extra(extra_methods: tuple[str, ...]) -> None:
-    for method in extra_methods:
-        if method not in EXTRA_METHODS:
-            raise ValueError(f"extra method {method!r} is not one of "
-                             f"{', '.join(EXTRA_METHODS)}")
-
-
 def check_search(config: Config) -> Config:
     """Everything about a search that can be checked before any model or data is loaded:
     counts, the task, the spaces and their objective, the device, the home, and the stores
@@ -107,18 +97,12 @@ def check_search(config: Config) -> Config:
     from bitfit.space import check_metric, load_space
 
     check_not_starting()
-    c = config.resolved()
-    positive(n_trials=c.n_trials, workers=c.workers, threads=c.threads,
-             eval_processes=c.eval_processes, trial_processes=c.trial_processes,
-             max_train_samples=c.max_train_samples)
+    c = config.resolved()  # its values alone were checked when it was made (Config)
     check_length(c.model, c.max_length)
     seeds = c.seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"--seeds must be a whole number, 0 (stop after the studies) or more, "
                          f"got {seeds!r}")
-    if c.select_on not in ("heldout", "dev"):
-        raise ValueError(f"--select-on must be heldout or dev, got {c.select_on!r}")
-    _check_extra(c.extra_methods)
     check_device(c.device)
     glue_task = resolve_task(c.task, c.own)
     parsed = load_space(c.space)
@@ -151,10 +135,8 @@ def check_evaluation(config: Config) -> Config:
 
     check_not_starting()
     c = config.resolved()
-    positive(seeds=c.seeds, eval_processes=c.eval_processes,
-             max_train_samples=c.max_train_samples)
+    positive(seeds=c.seeds)  # its other values were checked when it was made (Config)
     check_length(c.model, c.max_length)
-    _check_extra(c.extra_methods)
     check_device(c.device)
     resolve_task(c.task, c.own)
     assert c.home is not None

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from bitfit.checks import device_name, positive
 from bitfit.methods import BASELINES
 
 QUICK = {"space": "quick", "baseline_space": "full_ft_quick"}
@@ -103,6 +104,19 @@ class Config:
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else the home's SQLite
     home: str | None = None  # default: $BITFIT_HOME, else ./runs
 
+    def __post_init__(self) -> None:
+        """The checks of its values alone, made whenever a config is made (the command line,
+        a flow's parameters, a script): counts, choices and the device's name. What needs files,
+        stores or the model is checked by ``check_search``/``check_evaluation``, and the seeds
+        by each command (a search may stop after its studies with 0, an evaluation may not)."""
+        positive(n_trials=self.n_trials, workers=self.workers, threads=self.threads,
+                 eval_processes=self.eval_processes, trial_processes=self.trial_processes,
+                 max_train_samples=self.max_train_samples)
+        if self.select_on not in ("heldout", "dev"):
+            raise ValueError(f"--select-on must be heldout or dev, got {self.select_on!r}")
+        _check_extra(self.extra_methods)
+        device_name(self.device)
+
     @classmethod
     def of(cls, parameters: dict[str, Any]) -> Config:
         """A config from a flow's or a command's parameters (names not in the config, such as
@@ -126,6 +140,13 @@ class Config:
         return dataclasses.replace(self, home=str(home_dir(self.home)), space=space,
                                    baseline_space=baseline_space, seeds=seeds,
                                    extra_methods=tuple(self.extra_methods))
+
+
+def _check_extra(extra_methods: tuple[str, ...]) -> None:
+    for method in extra_methods:
+        if method not in EXTRA_METHODS:
+            raise ValueError(f"extra method {method!r} is not one of "
+                             f"{', '.join(EXTRA_METHODS)}")
 
 
 def _names(text: str | None) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import dataclasses
 
 from bitfit.data import TaskData
 from bitfit.models import BaseModel
-from bitfit.pipeline.checks import _check_extra
+from bitfit.pipeline.config import _check_extra
 from bitfit.pipeline.summaries import STDERR, EvaluationSummary, Report
 from bitfit.services import mask_url
 
