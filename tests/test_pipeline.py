@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,17 @@ def test_every_config_field_has_its_search_flag_and_flow_parameter_with_its_defa
             assert getattr(args, field.name) == field.default or (
                 field.name == "extra_methods" and tuple(args.extra_methods) == field.default
             ), field.name
+
+
+@pytest.mark.parametrize(("change", "sentence"), [
+    ({"n_trials": 0}, "--n-trials must be a whole number of 1 or more, got 0"),
+    ({"workers": True}, "--workers must be a whole number of 1 or more, got True"),
+    ({"select_on": "test"}, "--select-on must be heldout or dev, got 'test'"),
+    ({"extra_methods": ("lora",)}, "extra method 'lora' is not one of frozen, rand"),
+    ({"device": "gpu"}, "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_a_config_refuses_a_bad_value_when_it_is_made(change, sentence):
+    with pytest.raises(ValueError, match="^" + re.escape(sentence) + "$"):
+        Config(**change)
+    with pytest.raises(ValueError, match=re.escape(sentence)):
+        dataclasses.replace(Config(), **change)
