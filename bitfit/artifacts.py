@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from bitfit.methods import TABLE, method
+from bitfit.methods import known, method
 from bitfit.models import BaseModel, TextClassifier
 from bitfit.tasks import Task
 
@@ -204,9 +204,8 @@ def max_length_of(manifest: dict[str, Any]) -> int:
 
 def _adds_modules(manifest: dict[str, Any]) -> bool:
     """Whether the manifest's method adds modules (an unknown one is refused elsewhere)."""
-    name = manifest.get("method")
-    known = TABLE.get(name) if isinstance(name, str) else None
-    return known is not None and known.adds_modules
+    record = known(manifest.get("method"))
+    return record is not None and record.adds_modules
 
 
 def _sealed(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,12 @@ METHODS: tuple[str, ...] = tuple(TABLE)
 BASELINES: tuple[str, ...] = tuple(n for n, m in TABLE.items() if m.baseline)
 
 
+def known(name: object) -> Method | None:
+    """The record of ``name``, or None for a name no method has (what a stored manifest or
+    config says, read without refusing it here)."""
+    return TABLE.get(name) if isinstance(name, str) else None
+
+
 def method(name: str) -> Method:
     """The record of ``name``.
 

@@ -28,7 +28,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bitfit.methods import TABLE
+from bitfit.methods import known
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
 from bitfit.tracker import NoTracker, TrackerProtocol
@@ -423,7 +423,8 @@ def trade_off(study) -> list[tuple[str, float, float]]:
         if "trainable_params" not in t.user_attrs or t.value is None:
             continue
         config = t.user_attrs.get("config") or {}
-        what = (config.get("subset", "") if _takes_subset(config.get("method"))
+        record = known(config.get("method"))
+        what = (config.get("subset", "") if record is not None and record.takes_subset
                 else config.get("method", ""))
         points.append((f"#{t.number} {what}", float(t.user_attrs["trainable_params"]),
                        float(t.value)))
@@ -433,8 +434,3 @@ def trade_off(study) -> list[tuple[str, float, float]]:
 def _short(value: Any) -> str:
     text = mask_url(str(value)) if "://" in str(value) else str(value)
     return text[:6000]
-
-
-def _takes_subset(name: object) -> bool:
-    """Whether a stored config's method is one a bias subset chooses for."""
-    return isinstance(name, str) and name in TABLE and TABLE[name].takes_subset
