@@ -82,8 +82,8 @@ def bitfit_search(base, data: TaskData, space: Path, home: Path) -> dict[str, fl
 
 def trainer_search(data: TaskData, trials: int, epochs: int, home: Path) -> dict[str, float]:
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorWithPadding, Trainer, TrainingArguments)
+    from trainer_search import bitfit_model
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     path, _ = resolve_model(None)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -97,12 +97,6 @@ def trainer_search(data: TaskData, trials: int, epochs: int, home: Path) -> dict
                                          zip(enc.offsets[:-1], enc.offsets[1:], strict=True)]
         return Dataset.from_dict(columns)
 
-    def model_init(trial=None):
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        for name, param in model.named_parameters():  # BitFit: biases and the head
-            param.requires_grad = name.endswith(".bias") or name.startswith("classifier.")
-        return model
-
     def metrics(prediction) -> dict[str, float]:
         predicted = np.argmax(prediction.predictions, axis=-1)
         return compute_metrics(data.task, predicted, prediction.label_ids)
@@ -112,7 +106,8 @@ def trainer_search(data: TaskData, trials: int, epochs: int, home: Path) -> dict
         per_device_train_batch_size=32, per_device_eval_batch_size=64, eval_strategy="epoch",
         save_strategy="no", logging_strategy="epoch", report_to=[], use_cpu=True, seed=0,
         disable_tqdm=True)
-    trainer = Trainer(model_init=model_init, args=args, train_dataset=rows(data.train),
+    trainer = Trainer(model_init=lambda trial=None: bitfit_model(path), args=args,
+                      train_dataset=rows(data.train),
                       eval_dataset=rows(data.evals["validation"]),
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=metrics)

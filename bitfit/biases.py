@@ -12,9 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads where a mask is drawn: subsets parse without it
+    import torch
+    from torch import nn
 
 TERMS: tuple[str, ...] = ("q", "k", "v", "m1", "ln1", "m2", "m3", "ln2", "emb_ln", "pooler")
 
@@ -186,6 +188,8 @@ def random_mask(encoder: nn.Module, k: int, *, seed: int) -> RandomMask:
     total = sum(p.numel() for _, p in params)
     if not 0 < k <= total:
         raise SelectionError(f"rand needs 0 < k <= {total} weights, got k={k}")
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(total, generator=generator)[:k]
     flat = torch.zeros(total, dtype=torch.bool)

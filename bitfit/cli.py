@@ -23,10 +23,8 @@ import time
 from pathlib import Path
 
 from bitfit.methods import METHODS, method
-from bitfit.models import POOLINGS
-from bitfit.settings import HOME_ENV, home_dir
-from bitfit.train import PRECISIONS, SCHEDULES
-from bitfit.trainconfig import TrainConfig
+from bitfit.settings import HOME_ENV, POOLINGS, home_dir
+from bitfit.trainconfig import PRECISIONS, SCHEDULES, TrainConfig
 
 __all__ = ["HOME_ENV", "home_dir", "main"]
 

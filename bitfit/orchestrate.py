@@ -8,13 +8,32 @@ import dataclasses
 import logging
 import re
 import sys
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitfit import pipeline
-from bitfit.data import TaskData
+
+if TYPE_CHECKING:
+    from bitfit.data import TaskData
 
 WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
+
+
+def start_prefect(model: str | None = None, pooling: str = "auto") -> None:
+    """Make sure the Prefect API answers (``services.check_prefect_api``: Prefect's temporary
+    API is started, a server is asked) while a thread loads the base model the flow will use
+    (``pipeline.preload``): the server starts in its own process, so the two take the time of
+    the longer rather than of both."""
+    from bitfit.services import check_prefect_api
+
+    loading = threading.Thread(target=pipeline.preload, args=(model, pooling), daemon=True,
+                               name="bitfit-preload")
+    loading.start()
+    try:
+        check_prefect_api()
+    finally:
+        loading.join()
 
 
 def as_task(fn, *args, **kwargs):

@@ -3,13 +3,20 @@
 A study's trials and a final evaluation's seeds are independent runs; on a CPU they train
 faster as one-thread processes side by side than as threads in one process. ``in_processes``
 runs calls in such processes, ``worker_state`` gives a call its process's model and data.
+
+The processes run bitfit's own functions only, so they do not import the parent's ``__main__``
+script again as ``multiprocessing`` otherwise does: a script needs no ``__main__`` guard, and a
+flow's process does not load Prefect for nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
 import multiprocessing
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +30,7 @@ from bitfit.data import TaskData
 from bitfit.models import BaseModel, load_base
 from bitfit.hardware import resolve_device
 
-__all__ = ["MAX_PROCESSES", "NOT_STARTED", "check_not_starting", "default_processes",
+__all__ = ["MAX_PROCESSES", "NOT_STARTED", "default_processes",
            "in_processes", "worker_state"]
 
 MAX_PROCESSES = 4
@@ -68,11 +75,13 @@ def in_processes(base: BaseModel, data: TaskData, processes: int,
                                            str(data_file), threads)) as pool:
             futures: list[Any] = []
             try:
-                try:
-                    pool.submit(_started).result()
+                with _main_not_imported():  # the processes start at these submits
+                    started = pool.submit(_started)
+                    futures = [pool.submit(function, *args) for function, args in calls]
+                try:  # a process that cannot start is said now, before any work here
+                    started.result()
                 except BrokenProcessPool:
                     raise RuntimeError(NOT_STARTED) from None
-                futures = [pool.submit(function, *args) for function, args in calls]
                 if meanwhile is not None:
                     mine = torch.get_num_threads()
                     torch.set_num_threads(threads)
@@ -95,17 +104,25 @@ def in_processes(base: BaseModel, data: TaskData, processes: int,
 
 
 NOT_STARTED = ("a process for running side by side stopped while starting (its error is above): "
-               "a script that calls bitfit must do so under `if __name__ == \"__main__\":`, "
-               "since each process imports the script again, or run one process "
-               "(trial_processes=1, eval_processes=1; --trial-processes 1 --eval-processes 1)")
+               "free memory, or run one process (trial_processes=1, eval_processes=1; "
+               "--trial-processes 1 --eval-processes 1)")
 
 
-def check_not_starting() -> None:
-    """Raise ``RuntimeError(NOT_STARTED)`` in a process of ``in_processes`` that is still
-    importing the parent's script: a script without a ``__main__`` guard would start a whole
-    pipeline (studies, MLflow runs) in each process before failing."""
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise RuntimeError(NOT_STARTED)
+@contextlib.contextmanager
+def _main_not_imported() -> Iterator[None]:
+    """Processes spawned meanwhile do not import the parent's ``__main__`` script again.
+
+    ``multiprocessing.spawn`` imports it in each new process, by path, unless ``__main__``'s
+    spec names a module called ``__main__`` (as ``python -m package`` does), which it skips; the
+    spec says so while the processes start."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+
 
 
 def _started() -> bool:

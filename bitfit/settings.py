@@ -17,6 +17,8 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 GLUE_DIR_ENV = "BITFIT_GLUE_DIR"
 GRACE_ENV = "BITFIT_HEARTBEAT_GRACE_S"
 DEFAULT_HOME = "runs"
+# how a classifier head reads the encoder (bitfit.models; a choice of the command line)
+POOLINGS: tuple[str, ...] = ("auto", "pooler", "cls", "mean")
 
 # MLflow retries an unreachable server for minutes by default; a run should fail in seconds.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",

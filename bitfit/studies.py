@@ -165,6 +165,11 @@ def best_config(storage: str, study_name: str, *, method: str | None = None,
     return TrainConfig(**study.best_trial.user_attrs["config"])
 
 
+def trial_start(number: int, params: dict[str, Any]) -> str:
+    """The line that says a trial has started and what it tries."""
+    return f"trial #{number} started ({_params_text(params)})"
+
+
 def _params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in params.items())

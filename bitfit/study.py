@@ -22,15 +22,14 @@ import optuna
 from optuna.trial import TrialState
 
 from bitfit.data import TaskData
-from bitfit.interrupts import Interrupted, is_interruption, owner, owner_alive
-from bitfit.interrupts import signal_name as _signal_name
+from bitfit.interrupts import Interrupted, is_interruption, owner, owner_alive, signal_name
 from bitfit.methods import TABLE
 from bitfit.models import BaseModel
 from bitfit.services import store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
 from bitfit.space import SearchSpace
 from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity,
-                            reason_of, study_identity, trial_report)
+                            reason_of, study_identity, trial_report, trial_start)
 from bitfit.studies import counted as _counted
 from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import Evaluation, TrainResult, train
@@ -203,7 +202,7 @@ def run_study(
                            budget=budget, storage=storage, run_params=run_params)
     trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
                              tracker=tracker, experiment_id=experiment_id, parent_id=parent_id,
-                             home=home, device=device)
+                             home=home, device=device, log=log)
     before = len(study.trials)
     _optimize(study, trial_run, _reporter(metric, budget, log, progress), log=log)
     tracker.end_study(parent_id, study)
@@ -302,11 +301,12 @@ class _TrialRunner:
     def __init__(self, base: BaseModel, data: TaskData, space: SearchSpace, *, metric: str,
                  budget: int, study: optuna.Study, tracker: TrackerProtocol,
                  experiment_id: str | None,
-                 parent_id: str | None, home: str | os.PathLike[str], device: str) -> None:
+                 parent_id: str | None, home: str | os.PathLike[str], device: str,
+                 log: Callable[[str], None] = print) -> None:
         self.base, self.data, self.space, self.metric = base, data, space, metric
         self.budget, self.study, self.tracker = budget, study, tracker
         self.experiment_id, self.parent_id = experiment_id, parent_id
-        self.home, self.device = home, device
+        self.home, self.device, self.log = home, device, log
         self.owner = owner()
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -317,7 +317,7 @@ class _TrialRunner:
             raise
         except BaseException as err:  # recorded as FAIL with its reason; the study goes on
             interrupted = is_interruption(err)
-            reason = (f"{FailReason.INTERRUPTED.value} by {_signal_name(err)}" if interrupted
+            reason = (f"{FailReason.INTERRUPTED.value} by {signal_name(err)}" if interrupted
                       else f"{type(err).__name__}: {err}")
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", reason)
@@ -326,7 +326,7 @@ class _TrialRunner:
                 self.tracker.end_trial(run_id, "FAIL", reason=reason,
                                        status="KILLED" if interrupted else "FAILED")
             if interrupted:  # a KeyboardInterrupt, so that Optuna ends the trial FAIL
-                raise Interrupted(_signal_name(err)) from err
+                raise Interrupted(signal_name(err)) from err
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
@@ -336,6 +336,7 @@ class _TrialRunner:
             trial.set_user_attr("fail_reason", f"{over}: not run")
             raise TrialFailed(over)
         values = {name: _suggest(trial, name, d) for name, d in self.space.distributions.items()}
+        self.log(trial_start(trial.number, values))
         # a trial is scored after its last epoch, as the final runs are: the best of several
         # epochs would favour runs whose score only fluctuates
         config = dataclasses.replace(self.space.config_for(values), select_best=False)

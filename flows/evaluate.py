@@ -7,13 +7,18 @@ study, each trained with several seeds on the whole training split and compared 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from bitfit.entry import run_command
 from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
+
+
+if __name__ == "__main__":  # --help and a mistake in the flags are answered before Prefect loads
+    from bitfit.commands import parser
+
+    parser("evaluate", __doc__).parse_args()
 
 quiet_environment()  # before Prefect reads its settings
 
@@ -46,16 +51,12 @@ def evaluate(bitfit_study: str = "cola-bitfit", full_study: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands.evaluate_arguments(parser)
-    args = parser.parse_args(argv)
+    args = commands.parser("evaluate", __doc__).parse_args(argv)
 
     def work() -> dict:
-        from bitfit.services import check_prefect_api
-
         # Checked before Prefect starts; the passwords never reach the flow's parameters.
         config = pipeline.check_evaluation(commands.config(args))
-        check_prefect_api()
+        orchestrate.start_prefect(config.model, config.pooling)  # the model loads meanwhile
         return evaluate(bitfit_study=args.bitfit_study, full_study=args.full_study,
                         **orchestrate.flow_fields(evaluate, config))
 

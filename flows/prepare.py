@@ -8,13 +8,18 @@ flow after this one, reads the tokenised splits back instead of tokenising again
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from bitfit.entry import run_command
 from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
+
+
+if __name__ == "__main__":  # --help and a mistake in the flags are answered before Prefect loads
+    from bitfit.commands import parser
+
+    parser("prepare", __doc__).parse_args()
 
 quiet_environment()  # before Prefect reads its settings
 
@@ -40,9 +45,7 @@ def prepare(task: str = "cola", data_dir: str | None = None, train_file: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands.prepare_arguments(parser)
-    args = parser.parse_args(argv)
+    args = commands.parser("prepare", __doc__).parse_args(argv)
 
     def work() -> dict:
         from bitfit.services import check_prefect_api

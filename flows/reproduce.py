@@ -7,13 +7,18 @@ the data-size curve, which biases move, and a claims table, all under one MLflow
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from bitfit.entry import run_command
 from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
+
+
+if __name__ == "__main__":  # --help and a mistake in the flags are answered before Prefect loads
+    from bitfit.commands import parser
+
+    parser("reproduce", __doc__).parse_args()
 
 quiet_environment()  # before Prefect reads its settings
 
@@ -52,9 +57,7 @@ def reproduce_flow(tasks: tuple[str, ...] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands.reproduce_arguments(parser)
-    args = parser.parse_args(argv)
+    args = commands.parser("reproduce", __doc__).parse_args(argv)
 
     def work() -> dict:
         from bitfit.services import check_prefect_api

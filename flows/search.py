@@ -13,7 +13,6 @@ comparison table and the ``mlflow ui`` command that shows it all (``--json``: on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -21,6 +20,12 @@ import sys
 from bitfit.entry import run_command
 from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
+
+
+if __name__ == "__main__":  # --help and a mistake in the flags are answered before Prefect loads
+    from bitfit.commands import parser
+
+    parser("search", __doc__).parse_args()
 
 quiet_environment()  # before Prefect reads its settings
 
@@ -80,19 +85,15 @@ def search(task: str = "cola", data_dir: str | None = None, train_file: str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands.search_arguments(parser)
-    args = parser.parse_args(argv)
+    args = commands.parser("search", __doc__).parse_args(argv)
 
     def work() -> dict:
-        from bitfit.services import check_prefect_api
-
         # Checked here, before Prefect starts: a mistake costs no server start, and the
         # passwords never reach the flow run's parameters.
         config = pipeline.check_search(commands.config(args))
         assert config.storage and config.tracking_uri
         orchestrate.check_workers(config.workers, config.storage, config.tracking_uri)
-        check_prefect_api()
+        orchestrate.start_prefect(config.model, config.pooling)  # the model loads meanwhile
         return search(**dataclasses.asdict(config))
 
     return run_command(work, show=lambda s: print(json.dumps(s)) if args.json

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
      "space_schema"},
     {"train", "tracker", "results", "artifacts", "lora", "evaluation", "optim"},
     {"models", "data", "metrics", "services", "trainconfig", "hardware"},
-    {"methods", "biases", "tasks", "settings", "checks", "dropout", "interrupts", "report",
+    {"methods", "biases", "tasks", "settings", "checks", "dropout", "interrupts", "report", "lazy",
      "verdicts", "ttest"},
 ]
 RANK = {name: depth for depth, layer in enumerate(LAYERS) for name in layer}

@@ -14,30 +14,25 @@ hold no rule of their own.
 
 Its modules, lowest first: ``config`` (the options), ``summaries`` (the report and the results),
 ``checks``, ``studies``, ``evaluation``, and ``phases`` (``run``, ``evaluate``, ``prepare``).
+
+Its names load their module on first use (PEP 562): ``from bitfit.pipeline import Config`` reads
+the options without torch, so a command line answers ``--help`` and its mistakes at once.
 """
 
-from bitfit.pipeline.checks import (check_device, check_evaluation, check_length, check_search,
-                                    check_shared_stores, check_stores, worker_device)
-from bitfit.pipeline.config import (EXTRA_METHODS, HELDOUT_FRACTION, QUICK, QUICK_SEEDS, SEEDS,
-                                    SIDE_BY_SIDE_MIN_WORK, Config, ExtraMethod, OwnData, Pooling,
-                                    SelectOn, _check_extra, resolve_task)
-from bitfit.pipeline.evaluation import (evaluate_studies, evaluation_configs, evaluation_name,
-                                        study_sizes)
-from bitfit.pipeline.phases import (_direct, evaluate, final_data, final_evaluation, load_model,
-                                    prepare, run)
-from bitfit.pipeline.studies import (default_study_name, read_study_summary, search_study,
-                                     study_data, study_summary, trial_count, trial_processes)
-from bitfit.pipeline.summaries import (STDERR, EvaluationSummary, Report, RunSummary,
-                                       StudySummary, Summary, pareto_text, print_report,
-                                       print_summary, summary_markdown, typed)
+from __future__ import annotations
 
-__all__ = ["EXTRA_METHODS", "HELDOUT_FRACTION", "QUICK", "QUICK_SEEDS", "SEEDS",
-           "SIDE_BY_SIDE_MIN_WORK", "STDERR", "Config", "EvaluationSummary", "ExtraMethod",
-           "OwnData", "Pooling", "Report", "RunSummary", "SelectOn", "StudySummary", "Summary",
-           "_check_extra", "_direct", "check_device", "check_evaluation", "check_length",
-           "check_search", "check_shared_stores", "check_stores", "default_study_name",
-           "evaluate", "evaluate_studies", "evaluation_configs", "evaluation_name", "final_data",
-           "final_evaluation", "load_model", "pareto_text", "prepare", "print_report",
-           "print_summary", "read_study_summary", "resolve_task", "run", "search_study",
-           "study_data", "study_sizes", "study_summary", "summary_markdown", "trial_count",
-           "trial_processes", "typed", "worker_device"]
+from bitfit.lazy import lazy_names
+
+# each module of this package -> the public names it defines
+__all__, __getattr__, __dir__ = lazy_names(__name__, {
+    "config": ("Config EXTRA_METHODS ExtraMethod HELDOUT_FRACTION OwnData Pooling QUICK "
+               "QUICK_SEEDS SEEDS SIDE_BY_SIDE_MIN_WORK SelectOn _check_extra resolve_task"),
+    "summaries": ("EvaluationSummary Report RunSummary STDERR StudySummary Summary pareto_text "
+                  "print_report print_summary summary_markdown typed"),
+    "phases": "_direct evaluate final_data final_evaluation load_model preload prepare run",
+    "checks": ("check_device check_evaluation check_length check_search check_shared_stores "
+               "check_stores worker_device"),
+    "studies": ("default_study_name read_study_summary search_study study_data study_summary "
+                "trial_count trial_processes"),
+    "evaluation": "evaluate_studies evaluation_configs evaluation_name study_sizes",
+})

@@ -93,10 +93,8 @@ def check_search(config: Config) -> Config:
     counts, the task, the spaces and their objective, the device, the home, and the stores
     (each must answer within seconds). Returns the config resolved (``Config.resolved``) with
     the storage URL and tracking URI to use, without secrets."""
-    from bitfit.compare import check_not_starting
     from bitfit.space import check_metric, load_space
 
-    check_not_starting()
     c = config.resolved()  # its values alone were checked when it was made (Config)
     check_length(c.model, c.max_length)
     seeds = c.seeds
@@ -131,9 +129,6 @@ def check_search(config: Config) -> Config:
 def check_evaluation(config: Config) -> Config:
     """The checks of a final evaluation that need no model or data; the config resolved, with
     the storage URL and tracking URI to use, without secrets."""
-    from bitfit.compare import check_not_starting
-
-    check_not_starting()
     c = config.resolved()
     positive(seeds=c.seeds)  # its other values were checked when it was made (Config)
     check_length(c.model, c.max_length)

@@ -26,8 +26,26 @@ def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
+_PRELOADED: dict[tuple[str | None, str], BaseModel] = {}
+
+
 def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
-    """The base model, loaded once for a whole run."""
+    """The base model, loaded once for a whole run (or taken as ``preload`` left it)."""
+    base = _PRELOADED.pop((model, pooling), None)
+    return base if base is not None else _load(model, pooling)
+
+
+def preload(model: str | None, pooling: str = "auto") -> None:
+    """Load the base model ahead, while something else waits (``orchestrate.start_prefect``):
+    the next ``load_model`` of the same model takes it. A failure is left to that call, which
+    says it in its phase."""
+    try:
+        _PRELOADED[(model, pooling)] = _load(model, pooling)
+    except Exception:  # noqa: BLE001 - load_model raises it again, in its place
+        _PRELOADED.pop((model, pooling), None)
+
+
+def _load(model: str | None, pooling: str) -> BaseModel:
     from transformers.utils import logging as hf_logging
 
     from bitfit.models import load_base

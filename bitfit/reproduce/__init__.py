@@ -20,24 +20,23 @@ interrupted run resumes where it stopped, and studies resume in their storage.
 
     from bitfit import reproduce
     summary = reproduce.run(reproduce.ReproduceConfig(budget="small"))
+
+Its names load their module on first use (PEP 562), so ``bitfit reproduce --help`` reads the
+budgets without torch.
 """
 
 from __future__ import annotations
 
-from bitfit.pipeline import Report
-from bitfit.reproduce.cells import Cell
-from bitfit.reproduce.config import (ALPHA, BUDGETS, CURVE_METHODS, EXPERIMENT, METHODS, MOST,
-                                     TASKS, Budget, Recipe, ReproduceConfig, check,
-                                     default_name)
-from bitfit.reproduce.report import markdown, model_description, print_summary, write_files
-from bitfit.reproduce.runner import curve_sizes, finish, run, study_space
-from bitfit.reproduce.stats import (CLAIMS, Analysis, bias_movement, claims, crossing,
-                                    main_table, majority_score, movement_matrix, pareto,
-                                    ranking, rules, term_ablation, term_drops)
+from bitfit.lazy import lazy_names
 
-__all__ = ["ALPHA", "BUDGETS", "CLAIMS", "CURVE_METHODS", "EXPERIMENT", "METHODS", "MOST",
-           "TASKS", "Analysis", "Budget", "Cell", "Recipe", "Report", "ReproduceConfig",
-           "bias_movement", "check", "claims", "crossing", "curve_sizes", "default_name",
-           "finish", "main_table", "majority_score", "markdown", "model_description",
-           "movement_matrix", "pareto", "print_summary", "ranking", "rules", "run",
-           "study_space", "term_ablation", "term_drops", "write_files"]
+# each module (of this package, or another named whole) -> the public names it defines
+__all__, __getattr__, __dir__ = lazy_names(__name__, {
+    "config": ("ALPHA BUDGETS Budget CURVE_METHODS EXPERIMENT METHODS MOST Recipe "
+               "ReproduceConfig TASKS check default_name"),
+    "stats": ("Analysis CLAIMS bias_movement claims crossing main_table majority_score "
+              "movement_matrix pareto ranking rules term_ablation term_drops"),
+    "cells": "Cell",
+    "bitfit.pipeline": "Report",
+    "runner": "curve_sizes finish run study_space",
+    "report": "markdown model_description print_summary write_files",
+})

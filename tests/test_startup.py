@@ -1,0 +1,50 @@
+"""A command answers ``--help`` and a mistake in its flags before the heavy libraries load, and
+the flows' start overlaps what it can: the model loads while Prefect's API starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+HEAVY = ("torch", "transformers", "mlflow", "prefect", "optuna", "sklearn", "pandas")
+COMMANDS = [["-m", "bitfit", "--help"], ["-m", "bitfit", "train", "--help"],
+            ["-m", "bitfit", "search", "--help"], ["-m", "bitfit", "reproduce", "--help"],
+            ["-m", "bitfit", "search", "--n-trials", "many"],
+            *[[f"flows/{f}.py", "--help"] for f in ("search", "evaluate", "prepare", "reproduce")],
+            ["flows/search.py", "--bogus"]]
+
+
+def _imported(argv: list[str]) -> tuple[int, set[str]]:
+    """The exit code and the top-level packages a command imported (``-X importtime``)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    names = {line.rsplit("|", 1)[1].strip().split(".")[0]
+             for line in done.stderr.splitlines() if line.startswith("import time:")}
+    return done.returncode, names
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
+def test_help_and_a_mistake_are_answered_without_the_heavy_libraries(argv):
+    code, names = _imported(argv)
+
+    assert code == (0 if "--help" in argv else 2)
+    assert "bitfit" in names or argv[0].startswith("flows/")
+    assert not names & set(HEAVY), f"{' '.join(argv)} imported {sorted(names & set(HEAVY))}"
+
+
+def test_a_preloaded_model_is_taken_once_and_a_bad_one_fails_in_its_phase(tmp_path):
+    from bitfit import pipeline
+    from bitfit.models import ModelLoadError
+
+    pipeline.preload(None)
+    first = pipeline.load_model(None)
+    second = pipeline.load_model(None)  # nothing preloaded any more: a load of its own
+
+    assert first is not second and first.weights_hash == second.weights_hash
+    pipeline.preload(str(tmp_path / "no-such-model"))  # says nothing: its phase will
+    with pytest.raises(ModelLoadError):
+        pipeline.load_model(str(tmp_path / "no-such-model"))
