@@ -4,12 +4,14 @@ study-worker deployment on a work pool (``--workers K``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from bitfit import pipeline
@@ -20,20 +22,33 @@ if TYPE_CHECKING:
 WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 
 
-def start_prefect(model: str | None = None, pooling: str = "auto") -> None:
+@contextlib.contextmanager
+def prefect_started(model: str | None = None, pooling: str = "auto") -> Iterator[None]:
     """Make sure the Prefect API answers (``services.check_prefect_api``: Prefect's temporary
-    API is started, a server is asked) while a thread loads the base model the flow will use
-    (``pipeline.preload``): the server starts in its own process, so the two take the time of
-    the longer rather than of both."""
+    API is started, a server is asked) while the block runs (the flow's checks) and then this
+    process loads the base model the flow will use (``pipeline.preload``): the server starts in
+    its own process, so the two take the time of the longer rather than of both. A mistake the
+    block finds is raised once the server has answered (atexit stops it); a server that does
+    not answer is raised after the block."""
     from bitfit.services import check_prefect_api
 
-    loading = threading.Thread(target=pipeline.preload, args=(model, pooling), daemon=True,
-                               name="bitfit-preload")
-    loading.start()
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            check_prefect_api()
+        except BaseException as err:  # noqa: BLE001 - raised in the caller's thread below
+            failed.append(err)
+
+    starting = threading.Thread(target=start, daemon=True, name="bitfit-prefect-start")
+    starting.start()
     try:
-        check_prefect_api()
+        yield
+        pipeline.preload(model, pooling)
     finally:
-        loading.join()
+        starting.join()
+    if failed:
+        raise failed[0]
 
 
 def as_task(fn, *args, **kwargs):

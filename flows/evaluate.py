@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = commands.parser("evaluate", __doc__).parse_args(argv)
 
     def work() -> dict:
-        # Checked before Prefect starts; the passwords never reach the flow's parameters.
-        config = pipeline.check_evaluation(commands.config(args))
-        orchestrate.start_prefect(config.model, config.pooling)  # the model loads meanwhile
+        # Checked while Prefect's API starts; the passwords never reach the flow's parameters.
+        config = commands.config(args)
+        with orchestrate.prefect_started(config.model, config.pooling):  # the model loads too
+            config = pipeline.check_evaluation(config)
         return evaluate(bitfit_study=args.bitfit_study, full_study=args.full_study,
                         **orchestrate.flow_fields(evaluate, config))
 

@@ -88,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     args = commands.parser("search", __doc__).parse_args(argv)
 
     def work() -> dict:
-        # Checked here, before Prefect starts: a mistake costs no server start, and the
-        # passwords never reach the flow run's parameters.
-        config = pipeline.check_search(commands.config(args))
-        assert config.storage and config.tracking_uri
-        orchestrate.check_workers(config.workers, config.storage, config.tracking_uri)
-        orchestrate.start_prefect(config.model, config.pooling)  # the model loads meanwhile
+        # Checked here, before the flow runs, while Prefect's API starts: the passwords never
+        # reach the flow run's parameters. The model loads meanwhile too.
+        config = commands.config(args)
+        with orchestrate.prefect_started(config.model, config.pooling):
+            config = pipeline.check_search(config)
+            assert config.storage and config.tracking_uri
+            orchestrate.check_workers(config.workers, config.storage, config.tracking_uri)
         return search(**dataclasses.asdict(config))
 
     return run_command(work, show=lambda s: print(json.dumps(s)) if args.json

@@ -48,3 +48,34 @@ def test_a_preloaded_model_is_taken_once_and_a_bad_one_fails_in_its_phase(tmp_pa
     pipeline.preload(str(tmp_path / "no-such-model"))  # says nothing: its phase will
     with pytest.raises(ModelLoadError):
         pipeline.load_model(str(tmp_path / "no-such-model"))
+
+
+def test_prefect_starts_while_the_checks_run_and_the_model_is_left_for_the_flow(monkeypatch):
+    import threading
+
+    from bitfit import orchestrate, pipeline, services
+    from bitfit.pipeline import phases
+
+    seen: list[str] = []
+    monkeypatch.setattr(services, "check_prefect_api",
+                        lambda: seen.append(threading.current_thread().name))
+    with orchestrate.prefect_started(None, "auto"):
+        pass
+
+    assert seen == ["bitfit-prefect-start"]  # started beside the block, not after it
+    left = phases._PRELOADED[(None, "auto")]  # the model the flow's first phase takes
+    assert pipeline.load_model(None) is left and (None, "auto") not in phases._PRELOADED
+
+
+def test_a_mistake_in_the_checks_wins_and_an_unanswering_server_is_said_after_them(
+        monkeypatch):
+    from bitfit import orchestrate
+    from bitfit.services import ServiceError
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
+    with pytest.raises(ValueError, match="the checks' sentence"):
+        with orchestrate.prefect_started("never-loaded"):
+            raise ValueError("the checks' sentence")
+    with pytest.raises(ServiceError, match="cannot reach the Prefect server"):
+        with orchestrate.prefect_started(None):
+            pass

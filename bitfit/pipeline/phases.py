@@ -36,7 +36,7 @@ def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
 
 
 def preload(model: str | None, pooling: str = "auto") -> None:
-    """Load the base model ahead, while something else waits (``orchestrate.start_prefect``):
+    """Load the base model ahead, while something else waits (``orchestrate.prefect_started``):
     the next ``load_model`` of the same model takes it. A failure is left to that call, which
     says it in its phase."""
     try:
