@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from bitfit.data import Encoded, TaskData, collate, eval_batches
+from bitfit.hardware import take_free_cores
 from bitfit.interrupts import stop_if_interrupted
 from bitfit.metrics import compute_metrics, predictions_from_logits
 from bitfit.models import TextClassifier
@@ -21,6 +22,7 @@ def predict(model: TextClassifier, data: Encoded, *, batch_size: int, pad_id: in
     out = np.zeros((len(data), model.head.out_features), dtype=np.float32)
     for rows in eval_batches(data, batch_size):
         stop_if_interrupted()
+        take_free_cores()
         batch = {k: v.to(device) for k, v in collate(data, rows, pad_id=pad_id).items()
                  if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

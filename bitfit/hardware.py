@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import platform
 import resource
+from typing import Any
 
 import torch
+
+
+# In a process of a group that shares the CPU cores (bitfit.pool): the group's count of processes
+# still working (a multiprocessing Value) and the cores
+_GROUP: list[tuple[Any, int]] = []
+
+
+def share_cores(working: Any | None, cores: int = 0) -> None:
+    """Join this process to a group sharing ``cores`` (``working`` counts its busy processes,
+    kept by the group's parent), or leave it (None)."""
+    _GROUP[:] = [] if working is None else [(working, cores)]
+
+
+def take_free_cores() -> None:
+    """Between steps: train with the cores over the processes still working, so that when the
+    others of the group are done, the last ones use the cores they left (on 2 cores a trial
+    trains 1.5 times as fast with 2 threads as with 1). Outside a group, nothing."""
+    if not _GROUP:
+        return
+    working, cores = _GROUP[0]
+    want = max(1, cores // max(1, working.value))
+    if want != torch.get_num_threads():
+        torch.set_num_threads(want)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.utils.hooks import RemovableHandle
 
+from bitfit.hardware import take_free_cores
 from bitfit.models import TextClassifier
 from bitfit.trainconfig import TrainConfig
 
@@ -93,7 +94,7 @@ def train_step(
     regression: bool = False,
 ) -> float:
     """One training step on one batch: forward, loss, backward, gradient clipping, then the
-    optimiser and scheduler step.
+    optimiser and scheduler step, with the threads ``hardware.take_free_cores`` gives it.
 
     A NaN or infinite loss is returned before the backward pass, so nothing is updated and the
     caller decides what to do (``train`` ends the run as "diverged").
@@ -110,6 +111,7 @@ def train_step(
     Returns:
         The batch's loss.
     """
+    take_free_cores()
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     # Autocast on the device the batch is on: a device passed separately could disagree and

@@ -18,6 +18,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,7 +29,7 @@ import torch
 
 from bitfit.data import TaskData
 from bitfit.models import BaseModel, load_base
-from bitfit.hardware import resolve_device
+from bitfit.hardware import resolve_device, share_cores
 
 __all__ = ["MAX_PROCESSES", "NOT_STARTED", "default_processes",
            "in_processes", "worker_state"]
@@ -52,17 +53,14 @@ def in_processes(base: BaseModel, data: TaskData, processes: int,
     """Each ``function(*args)`` of ``calls`` run in one of ``processes`` spawned processes, which
     have ``base`` loaded and ``data`` (``worker_state()`` gives them); the results in the calls'
     order. ``meanwhile()`` runs here while they run, as one more process, once a first process
-    has started: the cores are shared among all of them (threads each: cores / processes, this
-    one's restored after). When one fails or this process is interrupted, the others are
-    stopped at once.
-
-    Raises:
-        RuntimeError: no process could start (the one-sentence reason; typically a script that
-            calls bitfit outside ``if __name__ == "__main__":``).
+    has started: the cores are shared among the busy ones (threads each: cores / busy
+    processes, this one's restored after). When one fails or this process is interrupted, the
+    others are stopped at once. Raises ``RuntimeError(NOT_STARTED)`` if none could start.
     """
-    share = processes + (meanwhile is not None)
-    threads = max(1, (os.cpu_count() or 1) // share)
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // (processes + (meanwhile is not None)))
     context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+    working = _Working(context, processes, len(calls), here=meanwhile is not None)
     with tempfile.TemporaryDirectory(prefix="bitfit-") as scratch:
         # the data reach the processes as a file: passed as an argument they would be written
         # into a pipe that a process which dies while starting never drains, and this one
@@ -72,12 +70,15 @@ def in_processes(base: BaseModel, data: TaskData, processes: int,
             pickle.dump(data, out, protocol=pickle.HIGHEST_PROTOCOL)
         with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
                                  initargs=(base.model_id, base.pooling, base.weights_hash,
-                                           str(data_file), threads)) as pool:
+                                           str(data_file), threads, working.count, cores)
+                                 ) as pool:
             futures: list[Any] = []
             try:
                 with _main_not_imported():  # the processes start at these submits
                     started = pool.submit(_started)
                     futures = [pool.submit(function, *args) for function, args in calls]
+                for future in futures:
+                    future.add_done_callback(working.call_done)
                 try:  # a process that cannot start is said now, before any work here
                     started.result()
                 except BrokenProcessPool:
@@ -85,9 +86,12 @@ def in_processes(base: BaseModel, data: TaskData, processes: int,
                 if meanwhile is not None:
                     mine = torch.get_num_threads()
                     torch.set_num_threads(threads)
+                    share_cores(working.count, cores)
                     try:
                         meanwhile()
                     finally:
+                        share_cores(None)
+                        working.here_done()
                         torch.set_num_threads(mine)
                 for future in futures:
                     yield future.result()
@@ -133,10 +137,38 @@ def _started() -> bool:
 _WORKER: dict[str, Any] = {}
 
 
+class _Working:
+    """How many processes of ``in_processes`` are busy, shared with them for
+    ``hardware.take_free_cores``: the calls not finished (at most one per process), and this
+    process while ``meanwhile`` runs."""
+
+    def __init__(self, context: Any, processes: int, calls: int, *, here: bool) -> None:
+        self.processes, self.left, self.here = processes, calls, int(here)
+        self.count = context.Value("i", self._busy())
+        self._lock = threading.Lock()
+
+    def _busy(self) -> int:
+        return min(self.processes, self.left) + self.here
+
+    def call_done(self, _future: Any = None) -> None:
+        with self._lock:
+            self.left -= 1
+            self.count.value = self._busy()
+
+    def here_done(self) -> None:
+        with self._lock:
+            self.here = 0
+            self.count.value = self._busy()
+
+
 def _start_worker(model_id: str, pooling: str, weights_hash: str, data_file: str,
-                  threads: int) -> None:
+                  threads: int, working: Any, cores: int) -> None:
     # what may fail is left to the first job (worker_state): its error then reaches the parent
+    from bitfit.settings import quiet_logging
+
+    quiet_logging()  # the libraries' logs at WARNING, as in the commands' own process
     torch.set_num_threads(threads)
+    share_cores(working, cores)  # and more threads once the others are done
     _WORKER.update(setup=(model_id, pooling, weights_hash, data_file))
 
 

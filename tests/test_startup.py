@@ -73,9 +73,9 @@ def test_a_mistake_in_the_checks_wins_and_an_unanswering_server_is_said_after_th
     from bitfit.services import ServiceError
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
-    with pytest.raises(ValueError, match="the checks' sentence"):
-        with orchestrate.prefect_started("never-loaded"):
-            raise ValueError("the checks' sentence")
-    with pytest.raises(ServiceError, match="cannot reach the Prefect server"):
-        with orchestrate.prefect_started(None):
-            pass
+    with (pytest.raises(ValueError, match="the checks' sentence"),
+          orchestrate.prefect_started("never-loaded")):
+        raise ValueError("the checks' sentence")
+    with (pytest.raises(ServiceError, match="cannot reach the Prefect server"),
+          orchestrate.prefect_started(None)):
+        pass
