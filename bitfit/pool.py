@@ -19,6 +19,7 @@ import pickle
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -169,7 +170,16 @@ def _start_worker(model_id: str, pooling: str, weights_hash: str, data_file: str
     quiet_logging()  # the libraries' logs at WARNING, as in the commands' own process
     torch.set_num_threads(threads)
     share_cores(working, cores)  # and more threads once the others are done
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     _WORKER.update(setup=(model_id, pooling, weights_hash, data_file))
+
+
+def _exit_with(parent: int) -> None:
+    """A process whose parent was killed (SIGKILL: no time to stop it) ends within a second
+    instead of waiting for work for ever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def worker_state() -> tuple[BaseModel, TaskData]:

@@ -43,3 +43,37 @@ def test_a_run_takes_the_cores_the_others_left_and_nothing_outside_a_group():
         torch.set_num_threads(mine)
 
     assert (alone_of_two, alone, outside) == (1, 2, 1)
+
+
+def test_a_side_process_ends_when_its_parent_is_killed(tmp_path):
+    """A parent killed with SIGKILL cannot stop its side processes: they end on their own
+    instead of waiting for work for ever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from bitfit import pool\n"
+        "if __name__ == '__main__':\n"
+        "    context = multiprocessing.get_context('spawn')\n"
+        "    side = ProcessPoolExecutor(1, mp_context=context, initializer=pool._start_worker,\n"
+        "        initargs=('m', 'auto', 'h', 'f', 1, context.Value('i', 1), 1))\n"
+        "    print(side.submit(os.getpid).result(), flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}"):
+        time.sleep(0.2)
+    gone = not os.path.exists(f"/proc/{child}")
+    if not gone:
+        os.kill(child, signal.SIGKILL)
+    assert gone
