@@ -48,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = commands.parser("prepare", __doc__).parse_args(argv)
 
     def work() -> dict:
-        from bitfit.services import check_prefect_api
-
-        fields = orchestrate.flow_fields(prepare, commands.config(args))
-        check_prefect_api()
+        config = commands.config(args)
+        with orchestrate.prefect_started(config.model, config.pooling):  # the model loads too
+            fields = orchestrate.flow_fields(prepare, config)
         return prepare(**fields)
 
     return run_command(work, show=lambda r: print(json.dumps(r)))

@@ -60,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = commands.parser("reproduce", __doc__).parse_args(argv)
 
     def work() -> dict:
-        from bitfit.services import check_prefect_api
-
-        config = reproduce.check(commands.reproduce_config(args))
-        check_prefect_api()
+        config = commands.reproduce_config(args)
+        with orchestrate.prefect_started(config.model, config.pooling):  # the model loads too
+            config = reproduce.check(config)
         return reproduce_flow(**orchestrate.flow_fields(reproduce_flow, config))
 
     return run_command(work, show=lambda r: print(json.dumps(r, default=str)) if args.json
