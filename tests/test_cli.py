@@ -13,6 +13,7 @@ from bitfit.cli import main
 from tests.conftest import ROOT, TINY
 
 
+@pytest.mark.slow
 def test_train_command_prints_one_json_object_and_writes_the_artifact(glue_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
@@ -126,6 +127,7 @@ def test_a_mistake_found_while_loading_is_one_sentence_too(glue_dir, tmp_path, c
     assert err.startswith("error: ") and "CoLA/train.tsv" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bitfit_search_runs_the_whole_pipeline_without_prefect(glue_dir, tmp_path, capsys,
                                                                monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

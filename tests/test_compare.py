@@ -18,6 +18,7 @@ from bitfit.train import TrainConfig
 from tests.conftest import TINY
 
 
+@pytest.mark.slow
 def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", home=tmp_path)
     configs = {"bitfit": TrainConfig(subset="qm2", epochs=2, learning_rate=5e-3),
@@ -57,6 +58,7 @@ def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_p
     assert set(eval(out.getvalue())) <= {"acceptable", "unacceptable"}
 
 
+@pytest.mark.slow
 def test_same_seeds_same_numbers(base, cola_small, tmp_path):
     configs = {"bitfit": TrainConfig(epochs=1, precision="fp32")}
     first = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="a",
@@ -67,6 +69,7 @@ def test_same_seeds_same_numbers(base, cola_small, tmp_path):
     assert [r.metrics for r in first.runs] == [r.metrics for r in second.runs]
 
 
+@pytest.mark.slow
 def test_processes_change_only_the_wall_time(base, cola_small, tmp_path):
     configs = {"bitfit": TrainConfig(subset="qm2", epochs=1, learning_rate=5e-3),
                "full": TrainConfig(method="full", epochs=1, learning_rate=5e-5)}
@@ -105,6 +108,7 @@ def test_best_config_is_read_back_from_the_study(base, cola_small, tmp_path):
         best_config(storage, "nope")
 
 
+@pytest.mark.slow
 def test_rand_and_frozen_baselines_take_the_bitfit_config(base, cola_small, tmp_path):
     bitfit = TrainConfig(subset="qm2", epochs=1)
     configs = {"bitfit": bitfit, "rand": dataclasses.replace(bitfit, method="rand"),

@@ -21,6 +21,8 @@ from tests.conftest import ROOT, TINY
 sys.path.insert(0, str(ROOT / "infra"))
 from stack import PG_BIN, Stack  # noqa: E402
 
+pytestmark = pytest.mark.slow  # servers and subprocesses end to end
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

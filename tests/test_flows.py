@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT, TINY, TINY_FULL
 
 
+@pytest.mark.slow
 def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -76,6 +76,7 @@ def _signal_at(sig: int, delay: float) -> tuple[int, str, str]:
     return child.returncode, out, err
 
 
+@pytest.mark.slow
 def test_a_signal_at_a_random_moment_always_ends_the_command_with_128_plus_its_number():
     import random
     from concurrent.futures import ThreadPoolExecutor

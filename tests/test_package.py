@@ -106,6 +106,7 @@ def test_the_wheel_ships_the_spaces_and_declares_what_bitfit_imports(wheel: Path
     assert not undeclared, f"imported but not in [project] dependencies: {undeclared}"
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_works_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
     env = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(env)

@@ -25,6 +25,7 @@ def _headerless(source, target, rows: int, flip: int | None = None, skip: int = 
     target.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new_study(
         glue_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -149,6 +150,7 @@ def test_bitfit_train_reads_headerless_files_and_scores_a_test_file(glue_dir, tm
     assert set(summary["best_metrics"]) == {"validation", "test"}
 
 
+@pytest.mark.slow
 def test_a_script_without_a_main_guard_runs_its_trials_side_by_side(glue_dir, tmp_path):
     """The processes for trials side by side do not import the calling script again (as
     ``multiprocessing`` does by default): a script without a ``__main__`` guard runs once, and
@@ -173,6 +175,7 @@ def test_a_script_without_a_main_guard_runs_its_trials_side_by_side(glue_dir, tm
     assert len(complete) == 2 and len({t.user_attrs["owner"] for t in complete}) == 2
 
 
+@pytest.mark.slow
 def test_trials_side_by_side_in_local_processes_share_one_study_on_one_home(
         glue_dir, tmp_path, capfd, monkeypatch):
     import optuna

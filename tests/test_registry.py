@@ -15,6 +15,7 @@ from bitfit.registry import ALIAS, register_best
 from bitfit.train import TrainConfig, train
 
 
+@pytest.mark.slow
 def test_the_champion_loads_by_name_and_predicts_as_predictor(base, sst2_small, tmp_path,
                                                                monkeypatch):
     result = train(base, sst2_small, TrainConfig(epochs=1, learning_rate=5e-3,

@@ -77,6 +77,7 @@ def _runs(summary):
     return client, client.search_runs([summary["experiment_id"]], max_results=10_000)
 
 
+@pytest.mark.slow
 def test_every_run_is_under_one_parent_and_each_cell_has_its_seeds(tiny_run):
     _, summary, _ = tiny_run
     client, runs = _runs(summary)
@@ -102,6 +103,7 @@ def test_every_run_is_under_one_parent_and_each_cell_has_its_seeds(tiny_run):
     assert summary["prefect_flow_run"]["id"]  # the report went to the Prefect run too
 
 
+@pytest.mark.slow
 def test_the_report_tables_are_the_mlflow_runs(tiny_run):
     config, summary, _ = tiny_run
     _, runs = _runs(summary)
@@ -131,6 +133,7 @@ def test_the_report_tables_are_the_mlflow_runs(tiny_run):
         assert f"{row.mean:.4f} ± {row.std:.4f}" in report
 
 
+@pytest.mark.slow
 def test_the_heatmap_has_every_layered_term_and_layer(tiny_run, base):
     from bitfit.biases import TERMS
 
@@ -152,6 +155,7 @@ def test_the_heatmap_has_every_layered_term_and_layer(tiny_run, base):
     assert {"mean", "sst2", "pairs"} <= set(summary["bias_ranking"][0])  # a column per task
 
 
+@pytest.mark.slow
 def test_undoing_a_term_rescores_the_run_it_came_from(tiny_run):
     # with nothing undone, the artifact scores on dev what its run scored
     from bitfit.biases import TERMS
@@ -172,6 +176,7 @@ def test_undoing_a_term_rescores_the_run_it_came_from(tiny_run):
         assert runs[(task, "bitfit")]
 
 
+@pytest.mark.slow
 def test_the_verdicts_follow_from_the_numbers(tiny_run):
     # claim 1 recomputed from the MLflow runs with scipy: paired by seed, non-inferiority within
     # the declared margin, not testable where full fine-tuning does not beat the majority class
@@ -221,6 +226,7 @@ def _evaluation_of(runs, run) -> str:
                 if r.info.run_id == parent)
 
 
+@pytest.mark.slow
 def test_a_second_call_keeps_every_finished_cell(tiny_run, glue_dir):
     config, summary, _ = tiny_run
     _, before = _runs(summary)
@@ -232,6 +238,7 @@ def test_a_second_call_keeps_every_finished_cell(tiny_run, glue_dir):
     assert again["mlflow_run_id"] == summary["mlflow_run_id"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_trains_only_the_cells_it_had_not_finished(tiny_run):
     # a cell whose file is missing is one the run had not finished when it was stopped
     config, summary, _ = tiny_run

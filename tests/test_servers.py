@@ -12,9 +12,12 @@ import time
 import urllib.request
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow  # servers and subprocesses end to end
 
 
 def _search(stack, glue_dir, home, *args, env=None):

@@ -30,6 +30,7 @@ def _run(base, data, space, home, name, n, **kwargs):
     return outcome, tracker
 
 
+@pytest.mark.slow
 def test_a_study_records_each_trial_as_a_child_run_with_a_bias_artifact(base, cola_search,
                                                                          tmp_path):
     outcome, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "s", 3)
@@ -59,6 +60,7 @@ def test_a_study_records_each_trial_as_a_child_run_with_a_bias_artifact(base, co
     assert "plots/pareto.png" in plots  # held-out score against trainable parameters
 
 
+@pytest.mark.slow
 def test_every_run_says_who_ran_it_on_what_data_and_when(base, cola_search, tmp_path):
     import subprocess
     import time
@@ -91,6 +93,7 @@ def test_every_run_says_who_ran_it_on_what_data_and_when(base, cola_search, tmp_
             assert abs(stamp / 1000 - time.time()) < 3600, (key, stamp)
 
 
+@pytest.mark.slow
 def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search, tmp_path):
     first, _ = _run(base, cola_search, load_space(TINY), tmp_path, "resume", 2)
     first_params = [t.params for t in first.study.trials]
@@ -105,6 +108,7 @@ def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search,
     assert len(tracker.child_runs(more.experiment_id, more.parent_run_id)) == 3
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(base, cola_search, tmp_path):
     space = dataclasses.replace(load_space(TINY), pruner={"name": "threshold", "lower": 2.0})
     outcome, tracker = _run(base, cola_search, space, tmp_path, "prune", 1)
@@ -114,6 +118,7 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(base, cola_search, tmp
     assert run.data.tags["state"] == "PRUNED"
 
 
+@pytest.mark.slow
 def test_a_failed_trial_keeps_its_reason_and_the_study_goes_on(base, cola_search, tmp_path):
     space = load_space(TINY)
     # the bundled model's pooler is unused and removed: asking for its bias fails the trial
@@ -168,6 +173,7 @@ def test_a_grid_study_tries_every_point_once_in_its_first_trials(name):
     assert sorted(t.params["learning_rate"] for t in study.trials) == sorted(choices)
 
 
+@pytest.mark.slow
 def test_a_trial_is_scored_after_its_last_evaluation_not_its_best(base, cola_search, tmp_path):
     # as the final runs are: a trial's best epoch would favour a score that only fluctuates
     space = dataclasses.replace(load_space(TINY), fixed={"epochs": 3, "batch_size": 32},

@@ -33,6 +33,7 @@ def test_bitfit_changes_only_the_selected_biases(base, cola_small):
                                                                         "head.bias"}
 
 
+@pytest.mark.slow
 def test_rand_trains_exactly_as_many_scalars_as_the_bias_subset(base, cola_small):
     before = _pristine(base)
     result = train(base, cola_small, TrainConfig(method="rand", subset="qm2", epochs=1,
@@ -56,6 +57,7 @@ def test_frozen_trains_the_head_only(base, cola_small):
     assert set(result.trained) == {"head.weight", "head.bias"}
 
 
+@pytest.mark.slow
 def test_lora_trains_only_its_adapters_and_leaves_the_encoder_as_it_was(base, cola_small,
                                                                         tmp_path):
     from bitfit.artifacts import apply_artifact
@@ -86,6 +88,7 @@ def test_lora_trains_only_its_adapters_and_leaves_the_encoder_as_it_was(base, co
     assert set(dict(base.encoder.named_parameters())) == set(before)
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_trains_everything(base, cola_small):
     result = train(base, cola_small, TrainConfig(method="full", epochs=1, learning_rate=5e-5),
                    progress=False)
@@ -94,6 +97,7 @@ def test_full_fine_tuning_trains_everything(base, cola_small):
     assert result.trainable_fraction == 1.0
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_tensors(base, cola_small):
     config = TrainConfig(epochs=1, seed=7, precision="fp32")
     a = train(base, cola_small, config, progress=False)
@@ -154,6 +158,7 @@ def test_an_exploding_loss_ends_the_run_with_a_clear_status(base, cola_small):
     assert "lower the learning rate" in result.message
 
 
+@pytest.mark.slow
 def test_stsb_trains_a_single_regression_output(base, stsb_small):
     result = train(base, stsb_small, TrainConfig(epochs=1, eval_every=5, learning_rate=1e-2),
                    progress=False)
@@ -164,6 +169,7 @@ def test_stsb_trains_a_single_regression_output(base, stsb_small):
     assert losses[-1] < losses[0] / 2  # MSE against 0-5 similarity scores falls as it learns
 
 
+@pytest.mark.slow
 def test_bitfit_learns_sst2_from_a_small_sample(base, sst2_small):
     result = train(base, sst2_small, TrainConfig(epochs=2, learning_rate=3e-3), progress=False)
 

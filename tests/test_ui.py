@@ -19,6 +19,7 @@ from bitfit.orchestrate import artifact_key
 from tests.browser import Browser, available
 from tests.conftest import ROOT, TINY, TINY_FULL
 
+pytestmark = pytest.mark.slow  # servers and subprocesses end to end
 
 
 @pytest.fixture(scope="module")
