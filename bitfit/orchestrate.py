@@ -5,6 +5,7 @@ study-worker deployment on a work pool (``--workers K``)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import re
@@ -40,7 +41,9 @@ def prefect_started(model: str | None = None, pooling: str = "auto") -> Iterator
         except BaseException as err:  # noqa: BLE001 - raised in the caller's thread below
             failed.append(err)
 
-    starting = threading.Thread(target=start, daemon=True, name="bitfit-prefect-start")
+    # in this thread's context: Prefect's settings (a profile, temporary_settings) live there
+    starting = threading.Thread(target=contextvars.copy_context().run, args=(start,),
+                                daemon=True, name="bitfit-prefect-start")
     starting.start()
     try:
         yield
