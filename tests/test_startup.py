@@ -67,15 +67,17 @@ def test_prefect_starts_while_the_checks_run_and_the_model_is_left_for_the_flow(
     assert pipeline.load_model(None) is left and (None, "auto") not in phases._PRELOADED
 
 
-def test_a_mistake_in_the_checks_wins_and_an_unanswering_server_is_said_after_them(
-        monkeypatch):
+def test_a_mistake_in_the_checks_wins_and_an_unanswering_server_is_said_after_them():
     from bitfit import orchestrate
     from bitfit.services import ServiceError
 
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
-    with (pytest.raises(ValueError, match="the checks' sentence"),
-          orchestrate.prefect_started("never-loaded")):
-        raise ValueError("the checks' sentence")
-    with (pytest.raises(ServiceError, match="cannot reach the Prefect server"),
-          orchestrate.prefect_started(None)):
-        pass
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # nothing listens there; the setting holds in the thread that asks (the caller's context)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        with (pytest.raises(ValueError, match="the checks' sentence"),
+              orchestrate.prefect_started("never-loaded")):
+            raise ValueError("the checks' sentence")
+        with (pytest.raises(ServiceError, match="cannot reach the Prefect server"),
+              orchestrate.prefect_started(None)):
+            pass
