@@ -29,22 +29,21 @@ from bitfit.trainconfig import PRECISIONS, SCHEDULES, TrainConfig
 __all__ = ["HOME_ENV", "home_dir", "main"]
 
 
+_HELP = {"search": "the whole pipeline: BitFit study, full fine-tuning study, final multi-seed "
+                   "comparison",
+         "evaluate": "the final multi-seed evaluation of existing studies",
+         "prepare": "tokenise a task's splits into the run home's cache",
+         "reproduce": "check the paper's claims on this model: methods x tasks x seeds, the "
+                      "data-size curve, which biases move"}
+
+
 def _parser() -> argparse.ArgumentParser:
-    from bitfit.commands import (evaluate_arguments, prepare_arguments, reproduce_arguments,
-                                 search_arguments)
+    from bitfit.commands import ARGUMENTS
 
     parser = argparse.ArgumentParser(prog="bitfit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    search_arguments(commands.add_parser(
-        "search", help="the whole pipeline: BitFit study, full fine-tuning study, final "
-        "multi-seed comparison"))
-    evaluate_arguments(commands.add_parser(
-        "evaluate", help="the final multi-seed evaluation of existing studies"))
-    prepare_arguments(commands.add_parser(
-        "prepare", help="tokenise a task's splits into the run home's cache"))
-    reproduce_arguments(commands.add_parser(
-        "reproduce", help="check the paper's claims on this model: methods x tasks x seeds, "
-        "the data-size curve, which biases move"))
+    for name, text in _HELP.items():
+        ARGUMENTS[name](commands.add_parser(name, help=text))
     p = commands.add_parser("train", help="train one configuration and save its bias artifact")
     _train_arguments(p)
     return parser

@@ -185,11 +185,15 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     own_data_arguments(parser, test_help=None)
 
 
+# each pipeline command and what adds its flags (``bitfit <command>``, ``flows/<command>.py``)
+ARGUMENTS = {"search": search_arguments, "evaluate": evaluate_arguments,
+             "prepare": prepare_arguments, "reproduce": reproduce_arguments}
+
+
 def parser(command: str, doc: str) -> argparse.ArgumentParser:
     """The parser of ``python flows/<command>.py``, described by the first line of ``doc``."""
     made = argparse.ArgumentParser(description=doc.splitlines()[0])
-    {"search": search_arguments, "evaluate": evaluate_arguments, "prepare": prepare_arguments,
-     "reproduce": reproduce_arguments}[command](made)
+    ARGUMENTS[command](made)
     return made
 
 

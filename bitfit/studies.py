@@ -8,9 +8,11 @@ study through these functions.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +165,18 @@ def best_config(storage: str, study_name: str, *, method: str | None = None,
         raise ValueError(f"study {study_name!r} has no completed trial to evaluate: run more "
                          "trials (the same search command resumes it)")
     return TrainConfig(**study.best_trial.user_attrs["config"])
+
+
+@contextlib.contextmanager
+def optuna_quiet(level: int) -> Iterator[None]:
+    """Optuna's own log lines below ``level`` are left out while the block runs (the trial
+    lines say it), and its verbosity is as it was after."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def trial_start(number: int, params: dict[str, Any]) -> str:

@@ -29,7 +29,8 @@ from bitfit.services import store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
 from bitfit.space import SearchSpace
 from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity,
-                            reason_of, study_identity, trial_report, trial_start)
+                            optuna_quiet, reason_of, study_identity, trial_report,
+                            trial_start)
 from bitfit.studies import counted as _counted
 from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import Evaluation, TrainResult, train
@@ -79,10 +80,11 @@ def open_study(space: SearchSpace, *, storage: str, study_name: str,
             existing = None
         if existing is not None and identity is not None:
             check_identity(existing, identity, storage)
-        study = optuna.create_study(study_name=study_name, storage=backend,
-                                    sampler=_TrialSeeded(space), pruner=space.make_pruner(),
-                                    direction=space.direction,  # type: ignore[arg-type]
-                                    load_if_exists=True)
+        with optuna_quiet(optuna.logging.WARNING):  # not "A new study created": ours say it
+            study = optuna.create_study(study_name=study_name, storage=backend,
+                                        sampler=_TrialSeeded(space), pruner=space.make_pruner(),
+                                        direction=space.direction,  # type: ignore[arg-type]
+                                        load_if_exists=True)
         if identity is not None and "identity" not in study.user_attrs:
             study.set_user_attr("identity", identity)
     return study
@@ -265,23 +267,21 @@ def _optimize(study: optuna.Study, trial_run: _TrialRunner,
               log: Callable[[str], None]) -> None:
     """Run trials until the study's budget is spent; an interruption ends the parent run KILLED."""
     closed: set[int] = set()
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by `report`
     # One trial at a time, counting the other workers' running trials too, so that workers
     # sharing a study stop together at its budget (a trial past it is not run). A trial whose
-    # worker died or was interrupted is failed and run again in its place.
+    # worker died or was interrupted is failed and run again in its place. Failures are
+    # reported by `report`.
     try:
-        while True:
-            _recover(study, trial_run.tracker, closed, log)
-            if len(_counted(study)) >= trial_run.budget:
-                break
-            study.optimize(trial_run, n_trials=1, catch=(Exception,), callbacks=[report])
+        with optuna_quiet(optuna.logging.ERROR):
+            while True:
+                _recover(study, trial_run.tracker, closed, log)
+                if len(_counted(study)) >= trial_run.budget:
+                    break
+                study.optimize(trial_run, n_trials=1, catch=(Exception,), callbacks=[report])
     except BaseException as err:
         if trial_run.parent_id is not None and is_interruption(err):
             trial_run.tracker.stop_run(trial_run.parent_id, "KILLED")
         raise
-    finally:
-        optuna.logging.set_verbosity(verbosity)
 
 
 def _check_not_all_failed(study: optuna.Study, new: list[optuna.trial.FrozenTrial],

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from bitfit.methods import known
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
+from bitfit.studies import optuna_quiet
 from bitfit.tracker import NoTracker, TrackerProtocol
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
@@ -384,10 +385,8 @@ def _plots(study) -> list[tuple[str, Any]]:
     matplotlib.use("Agg")
     from optuna.visualization import matplotlib as vis
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is no news here
     figures = []
-    try:
+    with optuna_quiet(optuna.logging.ERROR):  # "no complete trials" is no news here
         for name, plot in (("optimization_history", vis.plot_optimization_history),
                            ("intermediate_values", vis.plot_intermediate_values),
                            ("timeline", vis.plot_timeline),
@@ -401,8 +400,6 @@ def _plots(study) -> list[tuple[str, Any]]:
                 continue  # too few finished trials or parameters for this plot yet
             figures.append((name, (axes.flat[0] if hasattr(axes, "flat") else axes
                                    ).get_figure()))
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     points = trade_off(study)
     if len(points) >= 2:
         from bitfit.report import plot_pareto

@@ -78,13 +78,10 @@ def _study_loop(base: BaseModel, data: TaskData, study: dict[str, Any], *,
                 log: Callable[[str], None],
                 progress: Callable[[int, int], None] | None = None) -> Any:
     """``run_study`` on the study ``search_study`` describes (its keyword arguments)."""
-    import optuna
-
     from bitfit.space import load_space
     from bitfit.study import run_study
     from bitfit.tracking import Tracker
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our trial lines say it all
     return run_study(base, data, load_space(study["space"]), storage=study["storage"],
                      study_name=study["study_name"], home=study["home"],
                      n_trials=study["n_trials"],
