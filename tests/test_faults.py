@@ -84,59 +84,75 @@ def _wait_for_running_trial(home: Path, process: subprocess.Popen, timeout: floa
     raise AssertionError(f"no trial started: {process.communicate()[1][-3000:]}")
 
 
-# SIGINT and SIGHUP take SIGTERM's path (tests/test_interrupts.py)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_it(
-        sig, glue_dir, tmp_path):
-    # trials of a few seconds, so that the signal lands inside one (on 500 rows they ran
-    # under 2 s here and a SIGKILL could fall between two trials)
-    args = ("--n-trials", "2", "--max-train-samples", "1000", "--study-name", "cut")
-    first = _search(glue_dir, tmp_path, *args)
-    _wait_for_running_trial(tmp_path, first)
-    helpers = _descendants(first.pid)
+def _interrupt(home: Path, process: subprocess.Popen, sig: signal.Signals
+               ) -> tuple[str, float, list[int]]:
+    """Signal a search inside a trial; its stderr, the seconds it took to end, its helpers."""
+    _wait_for_running_trial(home, process)
+    helpers = _descendants(process.pid)
     started = time.monotonic()
-    first.send_signal(sig)
+    process.send_signal(sig)
     if sig == signal.SIGKILL:
-        first.wait(timeout=60)
+        process.wait(timeout=60)
         for pid in helpers:  # the orphans a SIGKILL leaves (holding our pipes): not kept
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    out, err = first.communicate(timeout=60)
-    took = time.monotonic() - started
+    _, err = process.communicate(timeout=60)
+    return err, time.monotonic() - started, helpers
 
-    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
-    if sig != signal.SIGKILL:  # a SIGKILL leaves no chance to clean up: the next run does
-        assert first.returncode == 128 + sig and took < 15, (first.returncode, took)
-        assert [line for line in err.splitlines() if "error:" in line] == [
-            f"error: interrupted by {sig.name}: finished trials and runs are kept; run the same "
-            "command to resume (an interrupted trial runs again first)"], err[-3000:]
-        assert "Traceback" not in err
-        assert helpers and not [p for p in helpers if _alive(p)]  # Prefect's server stopped
-        cut = study.get_trials(states=[TrialState.FAIL])
-        assert [t.user_attrs["fail_reason"] for t in cut] == [f"interrupted by {sig.name}"]
-    else:  # no chance to clean up: the next run recovers the trial
-        cut = study.get_trials(states=[TrialState.RUNNING])
-    assert len(cut) == 1
 
-    second = _search(glue_dir, tmp_path, *args)
-    out, err = second.communicate(timeout=600)
-
-    assert second.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
-    trials = {t.number: t for t in study.trials}
-    lost = trials[cut[0].number]
+def _assert_retried(study: optuna.Study, runs: list, cut: optuna.trial.FrozenTrial) -> None:
+    """The trial a signal cut failed as interrupted, ran again next, and its run was killed."""
+    lost = {t.number: t for t in study.trials}[cut.number]
     assert lost.state == TrialState.FAIL
     assert lost.user_attrs["fail_reason"].startswith("interrupted")
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == lost.number]
     assert len(retry) == 1 and retry[0].params == lost.params
     assert retry[0].number == lost.number + 1  # run first, before anything new
+    killed = [r for r in runs if r.data.tags.get("trial_number") == str(lost.number)]
+    assert [r.info.status for r in killed] == ["KILLED"]
+    assert killed[0].data.tags["fail_reason"].startswith("interrupted")
+
+
+# SIGINT and SIGHUP take SIGTERM's path (tests/test_interrupts.py)
+def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_it(
+        glue_dir, tmp_path):
+    # one home: a SIGTERM cuts the command's first trial, a SIGKILL cuts the same command's
+    # retry of it, and the same command once more runs what each signal lost. Trials of a few
+    # seconds, so that a signal lands inside one (on 500 rows a SIGKILL could fall between two)
+    args = ("--n-trials", "2", "--max-train-samples", "1000", "--study-name", "cut")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    first = _search(glue_dir, tmp_path, *args)
+    err, took, helpers = _interrupt(tmp_path, first, signal.SIGTERM)
+
+    assert first.returncode == 128 + signal.SIGTERM and took < 15, (first.returncode, took)
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        "error: interrupted by SIGTERM: finished trials and runs are kept; run the same "
+        "command to resume (an interrupted trial runs again first)"], err[-3000:]
+    assert "Traceback" not in err
+    assert helpers and not [p for p in helpers if _alive(p)]  # Prefect's server stopped
+    termed = optuna.load_study(study_name="cut", storage=storage).get_trials(
+        states=[TrialState.FAIL])
+    assert [t.user_attrs["fail_reason"] for t in termed] == ["interrupted by SIGTERM"]
+    assert len(termed) == 1
+
+    second = _search(glue_dir, tmp_path, *args)
+    _interrupt(tmp_path, second, signal.SIGKILL)
+    # no chance to clean up: the next run recovers the trial
+    killed = optuna.load_study(study_name="cut", storage=storage).get_trials(
+        states=[TrialState.RUNNING])
+    assert len(killed) == 1
+
+    third = _search(glue_dir, tmp_path, *args)
+    out, err = third.communicate(timeout=600)
+
+    assert third.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="cut", storage=storage)
     assert len([t for t in study.trials if t.state in FINISHED]) == 2  # the budget is kept
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("cola").experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    killed = [r for r in runs if r.data.tags.get("trial_number") == str(lost.number)]
-    assert [r.info.status for r in killed] == ["KILLED"]
-    assert killed[0].data.tags["fail_reason"].startswith("interrupted")
+    for cut in (termed[0], killed[0]):
+        _assert_retried(study, runs, cut)
 
 
 def test_three_processes_on_one_new_home_share_a_study_without_repeating_draws(glue_dir,
