@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tests.conftest import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "infra"))
-from stack import PG_BIN, Stack  # noqa: E402
+from stack import PG_BIN  # noqa: E402
 
 pytestmark = pytest.mark.slow  # servers and subprocesses end to end
 
@@ -181,28 +181,48 @@ def test_three_processes_on_one_new_home_share_a_study_without_repeating_draws(g
     assert sorted(r.data.tags["bitfit.study"] for r in parents) == ["other", "shared"]
 
 
+def _psql(stack, sql: str) -> None:
+    subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(stack.pg_port), "-U",
+                    "bitfit", "-d", "postgres", "-v", "ON_ERROR_STOP=1"], input=sql, text=True,
+                   check=True, capture_output=True, env={**os.environ, **stack.pg_env()})
+
+
+@pytest.fixture
+def planted(stack):
+    """A role of the shared stack's PostgreSQL that must give its password (scram), with a
+    database of its own; the stack trusts its other roles on loopback."""
+    secret, hba = "pl4nted-S3cret", stack.root / "pg" / "pg_hba.conf"
+    trusted = hba.read_text()
+    _psql(stack, f"CREATE ROLE planted LOGIN PASSWORD '{secret}';\n"
+                 "CREATE DATABASE planted OWNER planted;\n")
+    hba.write_text(f"host all planted 127.0.0.1/32 scram-sha-256\n{trusted}")
+    _psql(stack, "SELECT pg_reload_conf();")
+    yield secret
+    hba.write_text(trusted)
+    _psql(stack, "SELECT pg_reload_conf();")
+
+
 @pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="PostgreSQL is not installed")
-def test_a_planted_password_lands_in_no_store_log_or_file(glue_dir, tmp_path):
-    secret = "pl4nted-S3cret"
+def test_a_planted_password_lands_in_no_store_log_or_file(glue_dir, tmp_path, stack, planted):
+    secret = planted
     prefect_home = tmp_path / "prefect"
     home = tmp_path / "home"
     home.mkdir()
-    with Stack(prefect=False, password=secret) as stack:
-        storage = stack.optuna_storage.replace("bitfit@", f"bitfit:{secret}@")
-        tracking = stack.mlflow_uri.replace("http://", f"http://bitfit:{secret}@")
-        process = _search(glue_dir, home, "--n-trials", "1", "--max-train-samples", "200",
-                          "--seeds", "1", "--eval-processes", "1", "--storage", storage,
-                          "--tracking-uri", tracking,
-                          env=_env(PREFECT_HOME=str(prefect_home)))
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-3000:]
-        dumps = [subprocess.run([str(PG_BIN / "pg_dump"), "-h", "127.0.0.1", "-p",
-                                 str(stack.pg_port), "-U", "bitfit", db], check=True,
-                                capture_output=True, env={**os.environ, **stack.pg_env()}
-                                ).stdout for db in ("optuna", "mlflow")]
-        server_files = [p for p in stack.root.rglob("*") if p.is_file() and "pg" not in
-                        p.relative_to(stack.root).parts[:1] and p.name != "pwfile"]
-        stored = [(str(p), p.read_bytes()) for p in server_files]
+    storage = stack.db_url("planted").replace("bitfit@", f"planted:{secret}@")
+    tracking = stack.mlflow_uri.replace("http://", f"http://bitfit:{secret}@")
+    process = _search(glue_dir, home, "--n-trials", "1", "--max-train-samples", "200",
+                      "--seeds", "1", "--eval-processes", "1", "--storage", storage,
+                      "--tracking-uri", tracking, "--study-name", "planted",
+                      env=_env(PREFECT_HOME=str(prefect_home)))
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    dumps = [subprocess.run([str(PG_BIN / "pg_dump"), "-h", "127.0.0.1", "-p",
+                             str(stack.pg_port), "-U", "bitfit", db], check=True,
+                            capture_output=True, env={**os.environ, **stack.pg_env()}
+                            ).stdout for db in ("planted", "mlflow")]
+    server_files = [p for p in stack.root.rglob("*") if p.is_file() and "pg" not in
+                    p.relative_to(stack.root).parts[:1] and p.name != "pwfile"]
+    stored = [(str(p), p.read_bytes()) for p in server_files]
 
     assert b"trial_params" in dumps[0] and b"latest_metrics" in dumps[1]  # the data is there
     files = [p for p in [*home.rglob("*"), *prefect_home.rglob("*")] if p.is_file()]
