@@ -23,14 +23,22 @@ if TYPE_CHECKING:
 WORKER_DEPLOYMENT = "bitfit-study/worker"  # declared in infra/prefect.yaml
 
 
+class Ahead:
+    """What ``prefect_started`` starts once its block has checked the request: ``processes``
+    side-by-side processes (``pipeline.side_processes``) besides the base model."""
+
+    processes: int = 0
+
+
 @contextlib.contextmanager
-def prefect_started(model: str | None = None, pooling: str = "auto") -> Iterator[None]:
+def prefect_started(model: str | None = None, pooling: str = "auto") -> Iterator[Ahead]:
     """Make sure the Prefect API answers (``services.check_prefect_api``: Prefect's temporary
     API is started, a server is asked) while the block runs (the flow's checks) and then this
-    process loads the base model the flow will use (``pipeline.preload``): the server starts in
-    its own process, so the two take the time of the longer rather than of both. A mistake the
-    block finds is raised once the server has answered (atexit stops it); a server that does
-    not answer is raised after the block."""
+    process loads the base model the flow will use (``pipeline.preload``), and the processes
+    the block asked for start loading it too: the server starts in its own process, so the two
+    take the time of the longer rather than of both. A mistake the block finds is raised once
+    the server has answered (atexit stops it); a server that does not answer is raised after
+    the block, and the processes started ahead are stopped."""
     from bitfit.services import check_prefect_api
 
     failed: list[BaseException] = []
@@ -45,12 +53,16 @@ def prefect_started(model: str | None = None, pooling: str = "auto") -> Iterator
     starting = threading.Thread(target=contextvars.copy_context().run, args=(start,),
                                 daemon=True, name="bitfit-prefect-start")
     starting.start()
+    ahead = Ahead()
     try:
-        yield
-        pipeline.preload(model, pooling)
+        yield ahead
+        pipeline.preload(model, pooling, ahead.processes)
     finally:
         starting.join()
     if failed:
+        from bitfit.pool import close_kept
+
+        close_kept()
         raise failed[0]
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
-from bitfit.entry import run_command
+from bitfit.entry import exit_now, run_command
 from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
 
@@ -89,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> dict:
         # Checked here, before the flow runs, while Prefect's API starts: the passwords never
-        # reach the flow run's parameters. The model loads meanwhile too.
+        # reach the flow run's parameters. The model loads meanwhile too, and the side-by-side
+        # processes start loading it.
         config = commands.config(args)
-        with orchestrate.prefect_started(config.model, config.pooling):
+        with orchestrate.prefect_started(config.model, config.pooling) as ahead:
             config = pipeline.check_search(config)
             assert config.storage and config.tracking_uri
             orchestrate.check_workers(config.workers, config.storage, config.tracking_uri)
+            ahead.processes = pipeline.side_processes(config)  # they start with the model
         return search(**dataclasses.asdict(config))
 
     return run_command(work, show=lambda s: print(json.dumps(s)) if args.json
@@ -102,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -12,7 +12,7 @@ from bitfit.pool import _Working
 
 
 def test_the_busy_count_is_the_unfinished_calls_per_process_and_this_one_while_it_works():
-    working = _Working(multiprocessing.get_context("spawn"), 2, 4, here=True)
+    working = _Working(multiprocessing.get_context("spawn").Value("i", 0), 2, 4, here=True)
 
     counts = [working.count.value]
     for _ in range(3):
@@ -62,7 +62,7 @@ def test_a_side_process_ends_when_its_parent_is_killed(tmp_path):
         "if __name__ == '__main__':\n"
         "    context = multiprocessing.get_context('spawn')\n"
         "    side = ProcessPoolExecutor(1, mp_context=context, initializer=pool._start_worker,\n"
-        "        initargs=('m', 'auto', 'h', 'f', 1, context.Value('i', 1), 1))\n"
+        "        initargs=('m', 'auto', 'h', 1, context.Value('i', 1), 1))\n"
         "    print(side.submit(os.getpid).result(), flush=True)\n"
         "    time.sleep(120)\n")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -77,3 +77,72 @@ def test_a_side_process_ends_when_its_parent_is_killed(tmp_path):
     if not gone:
         os.kill(child, signal.SIGKILL)
     assert gone
+
+
+def _pid_and_rows() -> tuple[int, int]:
+    import os
+
+    from bitfit.pool import worker_state
+
+    return os.getpid(), len(worker_state()[1].train)
+
+
+def test_a_run_keeps_one_pool_started_ahead_for_all_its_phases(base, cola_small, sst2_small):
+    """The processes started ahead (``prestart``) serve every phase of a ``kept()`` block, each
+    call with its own data, and end with the block."""
+    import time
+
+    from bitfit import pool
+
+    with pool.kept():
+        pool.prestart(base, 2)
+        ahead = pool._KEPT["pool"]
+        started = set(ahead.executor._processes)
+        study = list(pool.in_processes(base, cola_small, 1, [(_pid_and_rows, ())]))
+        final = list(pool.in_processes(base, sst2_small, 2, [(_pid_and_rows, ())] * 4))
+        still = pool._KEPT["pool"]
+        processes = list(ahead.executor._processes.values())
+
+    assert still is ahead and pool._KEPT["pool"] is None
+    assert {pid for pid, _ in study + final} <= started and len(started) == 2
+    assert study[0][1] == len(cola_small.train)
+    assert {rows for _, rows in final} == {len(sst2_small.train)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(p.is_alive() for p in processes):
+        time.sleep(0.1)
+    assert not [p for p in processes if p.is_alive()]
+
+
+def test_a_kept_pool_is_taken_only_where_it_runs_the_calls_as_a_pool_of_their_own(base):
+    """The same model, and no more calls at once than the caller asked for."""
+    from bitfit import pool
+
+    kept = pool._Pool(base, 2)  # no process starts before work is submitted
+    same = (base.model_id, base.pooling, base.weights_hash)
+    other = (base.model_id, base.pooling, "another hash")
+    try:
+        fits = [kept.fits(same, 2, 10), kept.fits(same, 1, 1), kept.fits(same, 2, 1),
+                kept.fits(same, 1, 4), kept.fits(same, 3, 3), kept.fits(other, 2, 2)]
+    finally:
+        kept.close()
+
+    assert fits == [True, True, True, False, False, False]
+
+
+def test_the_processes_a_run_starts_ahead_are_those_its_phases_will_take():
+    from bitfit import pipeline
+    from bitfit.pool import default_processes
+
+    quick = pipeline.Config(task="cola", n_trials=3, max_train_samples=2000, baseline=False,
+                            seeds=0)  # 6,000 trial rows: side by side
+    tiny = pipeline.Config(task="cola", n_trials=2, max_train_samples=200, seeds=1)
+    one = pipeline.Config(task="cola", trial_processes=1, eval_processes=1)
+    elsewhere = pipeline.Config(task="cola", workers=2, seeds=0)
+
+    study = default_processes("auto", 3) - 1  # this process runs trials too
+    assert pipeline.side_processes(quick) == (study if study > 0 else 0)
+    # the studies' 400 rows run here; the 2 final runs (BitFit, full) side by side
+    final = default_processes("auto", 2)
+    assert pipeline.side_processes(tiny) == (final if final > 1 else 0)
+    assert pipeline.side_processes(one) == 0
+    assert pipeline.side_processes(elsewhere) == 0

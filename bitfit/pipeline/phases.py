@@ -15,9 +15,10 @@ from bitfit.models import BaseModel
 from bitfit.pipeline.checks import check_evaluation, check_length, check_search
 from bitfit.pipeline.config import HELDOUT_FRACTION, Config, resolve_task
 from bitfit.pipeline.evaluation import evaluate_studies, evaluation_name, study_sizes
-from bitfit.pipeline.studies import (default_study_name, search_study, study_data,
-                                     trial_processes)
+from bitfit.pipeline.studies import (default_study_name, search_study, side_processes,
+                                     study_data, trial_processes)
 from bitfit.pipeline.summaries import STDERR, EvaluationSummary, Report, RunSummary, StudySummary
+from bitfit.pool import kept, prestart
 
 DEFAULT = Config()  # every option at its default (a frozen dataclass)
 
@@ -35,14 +36,18 @@ def load_model(model: str | None, pooling: str = "auto") -> BaseModel:
     return base if base is not None else _load(model, pooling)
 
 
-def preload(model: str | None, pooling: str = "auto") -> None:
+def preload(model: str | None, pooling: str = "auto", processes: int = 0) -> None:
     """Load the base model ahead, while something else waits (``orchestrate.prefect_started``):
-    the next ``load_model`` of the same model takes it. A failure is left to that call, which
-    says it in its phase."""
+    the next ``load_model`` of the same model takes it. ``processes`` side-by-side processes
+    start loading it too (``pool.prestart``; ``side_processes`` says how many a run wants).
+    A failure is left to that call, which says it in its phase."""
     try:
-        _PRELOADED[(model, pooling)] = _load(model, pooling)
+        _PRELOADED[(model, pooling)] = base = _load(model, pooling)
     except Exception:  # noqa: BLE001 - load_model raises it again, in its place
         _PRELOADED.pop((model, pooling), None)
+        return
+    if processes:
+        prestart(base, processes)
 
 
 def _load(model: str | None, pooling: str) -> BaseModel:
@@ -81,6 +86,7 @@ def _start(c: Config, on_workers: Callable[..., StudySummary] | None) -> None:
         torch.set_num_threads(c.threads)
 
 
+@kept()
 def run(config: Config = DEFAULT, *, phase: Callable[..., Any] = _direct,
         on_workers: Callable[..., StudySummary] | None = None,
         report: Report = STDERR) -> dict[str, Any]:
@@ -104,6 +110,7 @@ def run(config: Config = DEFAULT, *, phase: Callable[..., Any] = _direct,
     samples = c.max_train_samples or parsed.max_train_samples
     name = c.study_name or default_study_name(c.task, parsed.name, samples, c.select_on, c.own)
     base = phase(load_model, c.model, c.pooling)
+    prestart(base, side_processes(c))  # unless the flow started them with the model
     data = phase(study_data, base, c, parsed)
     run_params = {"model": base.model_id, "pooling": base.pooling, "data_source": data.source}
 
@@ -152,6 +159,7 @@ def final_evaluation(base: BaseModel, data: TaskData, c: Config, bitfit_study: s
                             max_train_samples=c.max_train_samples, report=report)
 
 
+@kept()
 def evaluate(config: Config = DEFAULT, *, bitfit_study: str, full_study: str | None = None,
              phase: Callable[..., Any] = _direct, report: Report = STDERR) -> dict[str, Any]:
     """The final evaluation alone: the best configuration of ``bitfit_study`` (and of

@@ -111,6 +111,34 @@ def trial_processes(config: Config, data: TaskData, budget: int) -> int:
     return default_processes(config.device, budget)
 
 
+def side_processes(config: Config) -> int:
+    """How many side-by-side processes this run's phases will want at most (0: none), known
+    before the data are read so that they can start ahead (``pool.prestart``): a local study's
+    (one fewer than ``trial_processes``, as this process runs trials too; the training rows
+    taken from the sample sizes, any size when unknown) and the final evaluation's."""
+    from bitfit.compare import default_processes
+    from bitfit.space import load_space
+
+    config = config.resolved()
+    wanted = [0]
+    if config.workers <= 1:
+        spaces = [config.space] + ([config.baseline_space] if config.baseline
+                                   and not config.baseline_study else [])
+        for name in spaces:
+            space = load_space(name)
+            budget = (config.n_trials if name == config.space else None) or space.n_trials
+            rows = config.max_train_samples or space.max_train_samples
+            processes = config.trial_processes or (
+                default_processes(config.device, budget)
+                if rows is None or budget * rows >= SIDE_BY_SIDE_MIN_WORK else 1)
+            wanted.append(processes - 1)
+    jobs = config.seeds * (1 + bool(config.baseline) + len(config.extra_methods))
+    if jobs > 1:
+        processes = config.eval_processes or default_processes(config.device, jobs)
+        wanted.append(processes if processes > 1 else 0)  # one: they run in this process
+    return max(wanted)
+
+
 def trial_count(storage: str, study_name: str) -> int:
     """How many trials the study has (0 when it does not exist yet)."""
     import optuna
