@@ -9,9 +9,8 @@ flow after this one, reads the tokenised splits back instead of tokenising again
 from __future__ import annotations
 
 import json
-import sys
 
-from bitfit.entry import run_command
+from bitfit.entry import exit_now, run_command
 from bitfit.interrupts import catch_signals
 from bitfit.settings import quiet_environment
 
@@ -57,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -81,3 +81,20 @@ def test_a_mistake_in_the_checks_wins_and_an_unanswering_server_is_said_after_th
         with (pytest.raises(ServiceError, match="cannot reach the Prefect server"),
               orchestrate.prefect_started(None)):
             pass
+
+
+def test_a_finished_command_ends_after_its_threads_and_exit_handlers():
+    """``exit_now`` skips only the modules' teardown: the threads finish, the exit handlers
+    run, the output is flushed, and the code is the command's."""
+    script = (
+        "import atexit, threading, time\n"
+        "from bitfit.entry import exit_now\n"
+        "atexit.register(lambda: print('handler ran', flush=True))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()\n"
+        "print('result', end='')\n"
+        "exit_now(3)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == ["resultthread", "done", "handler", "ran"], done.stdout
