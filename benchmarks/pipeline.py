@@ -18,6 +18,13 @@ and prints per phase the wall time, the tokens, the matrix FLOPs, the floor and 
 look (the JSON says so); the grid keeps its 4 points. Each phase's line also says where the
 rest of its time went: its CPU use (the cores it left idle), and the share of its FLOPs spent
 in evaluation.
+
+- **ceiling**: the efficiency of the bare steps the phases are made of, measured here first:
+  ``train_step`` in a loop on the study's own training batches (batch 32, one thread, per
+  method) and evaluation batches through ``predict``, their rate times the cores (as if the
+  processes side by side scaled perfectly). ``of_ceiling`` = the phase's ceiling time (its
+  FLOPs at those rates) / its wall: what the pipeline loses around the steps, apart from what
+  the steps themselves reach on this CPU.
 """
 
 from __future__ import annotations
@@ -69,6 +76,62 @@ def forward_flops(split: Encoded, config: Any) -> float:
     return float(layers * ((8 * h * h + 4 * h * ffn) * n.sum() + 4 * h * (n * n).sum()))
 
 
+def _flops_of(rows_lengths: np.ndarray, config: Any) -> float:
+    h, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    n = rows_lengths.astype(np.float64)
+    return float(layers * ((8 * h * h + 4 * h * ffn) * n.sum() + 4 * h * (n * n).sum()))
+
+
+def step_rates(base: Any, data: TaskData, precision: str, steps: int = 30) -> dict[str, float]:
+    """Forward FLOP/s of bare steps on ``data``'s training rows, one thread, times the cores:
+    a BitFit and a full fine-tuning step (batch 32, counted as 2 and 3 forwards) and an
+    evaluation batch (``predict``, its batch size)."""
+    from bitfit.data import train_batches
+    from bitfit.evaluation import predict
+    from bitfit.train import (TrainConfig, configure_optimizer, frozen_weights_in,
+                              prepare_model, train_step)
+
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    torch.set_num_threads(1)
+    split, encoder, cpu = data.train, base.encoder.config, torch.device("cpu")
+    batches = train_batches(split, 32, seed=0, epoch=0)[:steps + 3]
+    rates: dict[str, float] = {}
+    try:
+        for method in ("bitfit", "full"):
+            config = TrainConfig(method=method, precision=precision, learning_rate=1e-5)
+            model, trained, masks = prepare_model(base, data.task.num_labels, config, cpu)
+            optimizer, scheduler, _ = configure_optimizer(trained, masks, config,
+                                                          total_steps=10_000, device=cpu)
+            model.train()
+            low = torch.bfloat16 if precision == "bf16" and method == "bitfit" else None
+            with frozen_weights_in(model, low):
+                elapsed = 0.0
+                for i, rows in enumerate(batches):
+                    batch = collate_rows(split, rows, base)
+                    start = time.perf_counter()
+                    train_step(model, batch, optimizer, scheduler, params=list(trained.values()),
+                               max_grad_norm=1.0, precision=precision)
+                    elapsed += (time.perf_counter() - start) if i >= 3 else 0.0
+                if method == "bitfit":  # an evaluation as a BitFit trial's, frozen in bf16
+                    start = time.perf_counter()
+                    predict(model, split, batch_size=TrainConfig().eval_batch_size,
+                            pad_id=base.tokenizer.pad_token_id or 0, device=cpu,
+                            precision=precision)
+                    rates["evaluation"] = _flops_of(split.lengths, encoder) / (
+                        time.perf_counter() - start) * cores
+            flops = sum(_flops_of(split.lengths[r], encoder) for r in batches[3:])
+            rates[method] = PASSES[method] * flops / elapsed * cores
+    finally:
+        torch.set_num_threads(threads)
+    return rates
+
+
+def collate_rows(split: Any, rows: np.ndarray, base: Any) -> dict:
+    from bitfit.data import collate
+
+    return collate(split, rows, pad_id=base.tokenizer.pad_token_id or 0)
+
+
 class Timed:
     """The pipeline's ``phase`` hook: runs each phase and keeps its wall and CPU time."""
 
@@ -91,24 +154,31 @@ def _cpu() -> float:
     return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
-def study_flops(storage: str, name: str, data: TaskData, config: Any) -> tuple[float, float,
-                                                                              int, int]:
-    """(training FLOPs, evaluation FLOPs, training tokens, evaluation tokens) of a study: each
-    trial's epochs on its training split and its evaluations on the selection split."""
+def study_flops(storage: str, name: str, data: TaskData, config: Any,
+                rates: dict[str, float]) -> tuple[float, float, int, int, float]:
+    """(training FLOPs, evaluation FLOPs, training tokens, evaluation tokens, ceiling seconds)
+    of a study: each trial's epochs on its training split and its evaluations on the
+    selection split."""
     study = optuna.load_study(study_name=name, storage=storage)
     train_f = forward_flops(data.train, config)
     eval_split = data.evals[data.selection_split]
     eval_f = forward_flops(eval_split, config)
-    training = evaluation = 0.0
+    training = evaluation = ceiling = 0.0
     train_tokens = eval_tokens = 0
     for trial in study.trials:
         epochs = len(trial.intermediate_values)
-        passes = PASSES[trial.user_attrs.get("method", "bitfit")]
-        training += epochs * passes * train_f
+        method = trial.user_attrs.get("method", "bitfit")
+        training += epochs * PASSES[method] * train_f
         evaluation += epochs * eval_f
+        ceiling += epochs * (PASSES[method] * train_f / _rate(rates, method)
+                             + eval_f / rates["evaluation"])
         train_tokens += epochs * int(data.train.lengths.sum())
         eval_tokens += epochs * int(eval_split.lengths.sum())
-    return training, evaluation, train_tokens, eval_tokens
+    return training, evaluation, train_tokens, eval_tokens, ceiling
+
+
+def _rate(rates: dict[str, float], method: str) -> float:
+    return rates["full" if method == "full" else "bitfit"]  # head-only and rand: as BitFit
 
 
 def _final(summary: dict[str, Any]) -> dict[str, Any]:
@@ -124,32 +194,35 @@ def _final(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _phase(p: dict[str, Any], *, storage: str, summary: dict[str, Any], encoder: Any,
-           rate: float) -> dict[str, Any]:
-    """One phase's line: its FLOPs from what it ran, its floor, and where the rest went."""
-    name, flops, eval_flops, tokens = p["phase"], 0.0, 0.0, 0
+           rate: float, rates: dict[str, float]) -> dict[str, Any]:
+    """One phase's line: its FLOPs from what it ran, its floor, its ceiling time (the same
+    FLOPs at the bare steps' rates), and where the rest went."""
+    name, flops, eval_flops, tokens, ceiling = p["phase"], 0.0, 0.0, 0, 0.0
     if name == "search_study":
         study = p["kwargs"]["study_name"]
-        t, e, tt, et = study_flops(storage, study, p["args"][1], encoder)
+        t, e, tt, et, ceiling = study_flops(storage, study, p["args"][1], encoder, rates)
         flops, eval_flops, tokens = t + e, e, tt + et
         name = f"study {study}"
     elif name == "final_evaluation":
-        flops, eval_flops, tokens = _final_flops(p, storage, summary, encoder)
+        flops, eval_flops, tokens, ceiling = _final_flops(p, storage, summary, encoder, rates)
     floor = flops / rate
     return {
         "phase": name, "wall_s": round(p["wall_s"], 1), "tokens": tokens,
         "tflops": round(flops / 1e12, 3), "floor_s": round(floor, 1),
         "efficiency": round(floor / p["wall_s"], 3) if p["wall_s"] else None,
+        "ceiling_s": round(ceiling, 1),
+        "of_ceiling": round(ceiling / p["wall_s"], 3) if p["wall_s"] else None,
         "rest": {"cpu_use": round(p["cpu_s"] / (p["wall_s"] * (os.cpu_count() or 1)),
                                   2) if p["wall_s"] else None,
                  "evaluation_flops_share": round(eval_flops / flops, 3) if flops
                  else None}}
 
 
-def _final_flops(p: dict[str, Any], storage: str, summary: dict[str, Any],
-                 encoder: Any) -> tuple[float, float, int]:
-    """(FLOPs, evaluation FLOPs, tokens) of the final evaluation: each method's seeds, trained
-    for its best trial's epochs and evaluated on dev after each."""
-    flops, eval_flops, tokens = 0.0, 0.0, 0
+def _final_flops(p: dict[str, Any], storage: str, summary: dict[str, Any], encoder: Any,
+                 rates: dict[str, float]) -> tuple[float, float, int, float]:
+    """(FLOPs, evaluation FLOPs, tokens, ceiling seconds) of the final evaluation: each
+    method's seeds, trained for its best trial's epochs and evaluated on dev after each."""
+    flops, eval_flops, tokens, ceiling = 0.0, 0.0, 0, 0.0
     data, c = p["args"][1], p["args"][2]
     epochs = {"bitfit": None, "full": None}
     for label, stud in (("bitfit", summary["study_name"]),
@@ -164,7 +237,9 @@ def _final_flops(p: dict[str, Any], storage: str, summary: dict[str, Any],
             flops += c.seeds * n * (PASSES[label] * train_f + dev_f)
             eval_flops += c.seeds * n * dev_f
             tokens += c.seeds * n * int(data.train.lengths.sum() + dev.lengths.sum())
-    return flops, eval_flops, tokens
+            ceiling += c.seeds * n * (PASSES[label] * train_f / _rate(rates, label)
+                                      + dev_f / rates["evaluation"])
+    return flops, eval_flops, tokens, ceiling
 
 
 def main() -> None:
@@ -199,10 +274,13 @@ def main() -> None:
         storage = f"sqlite:///{Path(home).resolve()}/optuna.db"
         base = timed.phases[0]["result"]
         encoder = base.encoder.config
-        phases = [_phase(p, storage=storage, summary=summary, encoder=encoder, rate=rate)
-                  for p in timed.phases]
+        log("timing the bare steps on the study's data (the ceiling)")
+        rates = step_rates(base, timed.phases[1]["result"], precision)
+        phases = [_phase(p, storage=storage, summary=summary, encoder=encoder, rate=rate,
+                         rates=rates) for p in timed.phases]
         total_flops = sum(p["tflops"] for p in phases) * 1e12
         floor = total_flops / rate
+        ceiling = sum(p["ceiling_s"] for p in phases)
     emit({
         "benchmark": "pipeline", "task": args.task, "fraction": f,
         "scaled": {"bitfit_trials": n_trials or space.n_trials, "seeds": seeds,
@@ -213,6 +291,10 @@ def main() -> None:
         "import_s": round(start - START, 1),
         "wall_s": round(wall, 1), "tflops": round(total_flops / 1e12, 3),
         "floor_s": round(floor, 1), "efficiency": round(floor / wall, 3),
+        "ceiling": {"step_tflops_per_s": {k: round(v / 1e12, 3) for k, v in rates.items()},
+                    "efficiency": {k: round(v / rate, 3) for k, v in rates.items()},
+                    "ceiling_s": round(ceiling, 1),
+                    "of_ceiling": round(ceiling / wall, 3)},
         "target": {"efficiency": ">= 0.5"},
         "best": {"bitfit": summary.get("best_value"),
                  "full": summary.get("baseline", {}).get("best_value")},
