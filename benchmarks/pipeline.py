@@ -85,7 +85,9 @@ def _flops_of(rows_lengths: np.ndarray, config: Any) -> float:
 def step_rates(base: Any, data: TaskData, precision: str, steps: int = 30) -> dict[str, float]:
     """Forward FLOP/s of bare steps on ``data``'s training rows, one thread, times the cores:
     a BitFit and a full fine-tuning step (batch 32, counted as 2 and 3 forwards) and an
-    evaluation batch (``predict``, its batch size)."""
+    evaluation batch (``predict``, its batch size). Each is timed on a second pass over the
+    same batches: oneDNN makes each new shape's kernels on its first use, which a long run
+    pays once."""
     from bitfit.data import train_batches
     from bitfit.evaluation import predict
     from bitfit.train import (TrainConfig, configure_optimizer, frozen_weights_in,
@@ -94,7 +96,7 @@ def step_rates(base: Any, data: TaskData, precision: str, steps: int = 30) -> di
     threads, cores = torch.get_num_threads(), os.cpu_count() or 1
     torch.set_num_threads(1)
     split, encoder, cpu = data.train, base.encoder.config, torch.device("cpu")
-    batches = train_batches(split, 32, seed=0, epoch=0)[:steps + 3]
+    batches = train_batches(split, 32, seed=0, epoch=0)[:steps]
     rates: dict[str, float] = {}
     try:
         for method in ("bitfit", "full"):
@@ -106,20 +108,25 @@ def step_rates(base: Any, data: TaskData, precision: str, steps: int = 30) -> di
             low = torch.bfloat16 if precision == "bf16" and method == "bitfit" else None
             with frozen_weights_in(model, low):
                 elapsed = 0.0
-                for i, rows in enumerate(batches):
-                    batch = collate_rows(split, rows, base)
-                    start = time.perf_counter()
-                    train_step(model, batch, optimizer, scheduler, params=list(trained.values()),
-                               max_grad_norm=1.0, precision=precision)
-                    elapsed += (time.perf_counter() - start) if i >= 3 else 0.0
+                for timed in (False, True):  # the first pass makes each shape's kernels
+                    for rows in batches:
+                        batch = collate_rows(split, rows, base)
+                        start = time.perf_counter()
+                        train_step(model, batch, optimizer, scheduler,
+                                   params=list(trained.values()), max_grad_norm=1.0,
+                                   precision=precision)
+                        elapsed += (time.perf_counter() - start) if timed else 0.0
                 if method == "bitfit":  # an evaluation as a BitFit trial's, frozen in bf16
+                    predict(model, split, batch_size=TrainConfig().eval_batch_size,
+                            pad_id=base.tokenizer.pad_token_id or 0, device=cpu,
+                            precision=precision)  # the shapes' kernels made
                     start = time.perf_counter()
                     predict(model, split, batch_size=TrainConfig().eval_batch_size,
                             pad_id=base.tokenizer.pad_token_id or 0, device=cpu,
                             precision=precision)
                     rates["evaluation"] = _flops_of(split.lengths, encoder) / (
                         time.perf_counter() - start) * cores
-            flops = sum(_flops_of(split.lengths[r], encoder) for r in batches[3:])
+            flops = sum(_flops_of(split.lengths[r], encoder) for r in batches)
             rates[method] = PASSES[method] * flops / elapsed * cores
     finally:
         torch.set_num_threads(threads)
@@ -150,8 +157,22 @@ class Timed:
 
 
 def _cpu() -> float:
+    """CPU seconds of this process and its children: those ended, and those still running (the
+    side-by-side processes a run keeps from phase to phase)."""
     usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(u.ru_utime + u.ru_stime for u in usage)
+    return sum(u.ru_utime + u.ru_stime for u in usage) + _running_children_cpu()
+
+
+def _running_children_cpu() -> float:
+    me, ticks, total = str(os.getpid()), os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid; utime and stime are the 12th and 13th after the name
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def study_flops(storage: str, name: str, data: TaskData, config: Any,
@@ -230,13 +251,16 @@ def _final_flops(p: dict[str, Any], storage: str, summary: dict[str, Any], encod
         if stud:
             best = optuna.load_study(study_name=stud, storage=storage).best_trial
             epochs[label] = best.user_attrs.get("config", {}).get("epochs", 3)
-    train_f, dev = forward_flops(data.train, encoder), next(iter(data.evals.values()))
+    # each seed trains on its own sample of the study's size (``max_train_samples``) where
+    # that is smaller than the split: an epoch is that many rows, of the split's mean length
+    share = min(c.max_train_samples or len(data.train), len(data.train)) / len(data.train)
+    train_f, dev = share * forward_flops(data.train, encoder), next(iter(data.evals.values()))
     dev_f = forward_flops(dev, encoder)
     for label, n in epochs.items():
         if n:
             flops += c.seeds * n * (PASSES[label] * train_f + dev_f)
             eval_flops += c.seeds * n * dev_f
-            tokens += c.seeds * n * int(data.train.lengths.sum() + dev.lengths.sum())
+            tokens += c.seeds * n * int(share * data.train.lengths.sum() + dev.lengths.sum())
             ceiling += c.seeds * n * (PASSES[label] * train_f / _rate(rates, label)
                                       + dev_f / rates["evaluation"])
     return flops, eval_flops, tokens, ceiling
