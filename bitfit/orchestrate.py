@@ -193,7 +193,7 @@ def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
         raise ValueError(
             f"--workers {workers} runs the workers on a Prefect work pool, and no Prefect server "
             "is configured: set PREFECT_API_URL, deploy infra/prefect.yaml and start a worker "
-            "(README: Deployments)")
+            "(docs/servers.md)")
 
 
 def run_workers(workers: int, parameters: dict[str, Any], *,
@@ -218,7 +218,7 @@ def run_workers(workers: int, parameters: dict[str, Any], *,
             f"--workers {workers} runs the study through the deployment {deployment!r}, which "
             "the Prefect server does not have: run `prefect deploy --all --prefect-file "
             "infra/prefect.yaml` from the project root and start a worker on its pool "
-            "(README: Deployments)") from None
+            "(docs/servers.md)") from None
     print(f"study {parameters['study_name']}: {workers} worker runs on the pool "
           f"({', '.join(r.name for r in runs)})", file=sys.stderr)
     pending = {r.id for r in runs}
