@@ -69,6 +69,12 @@ def _stores(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _promote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--promote", action="store_true", help="make the registered model's new "
+                        "version champion even where it does not beat the champion on the "
+                        "same data (default: champion only if it does; else challenger)")
+
+
 def search_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the whole pipeline (``bitfit search``, ``python flows/search.py``)."""
     _common(parser)
@@ -102,6 +108,7 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
                         "side in local processes sharing the study (default: one per core on a "
                         "CPU, up to 4, once trials x training rows >= 4,000; 1: one after "
                         "another in this process)")
+    _promote(parser)
 
 
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +121,7 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-methods", nargs="*", default=[], choices=EXTRA_METHODS)
     parser.add_argument("--eval-processes", "--processes", type=int, default=None,
                         help="runs trained at once (default: one per core on a CPU, up to 4)")
+    _promote(parser)
 
 
 def prepare_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bitfit.artifacts import TENSORS, unique_folder
+from bitfit.champion import Registration, Standing
 from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
 from bitfit.models import BaseModel
@@ -49,7 +50,8 @@ class Comparison:
     pairs: bool = False  # the task reads two texts
     test_markdown: str = ""  # the same table on the user's test file, when there is one
     experiment_id: str | None = None
-    registered_model: str | None = None  # models:/bitfit-<task>@champion
+    registered_model: str | None = None  # the new version's models:/ URI (Registration.uri)
+    registration: Registration | None = None  # the new version and whether it is champion
 
     def recipe(self) -> str:
         """How to use the best BitFit run's artifact on new sentences."""
@@ -78,6 +80,8 @@ def compare(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
     register: bool = True,
+    promote: bool = False,
+    selected_on: str = "given",
     plots: bool = True,
 ) -> Comparison:
     """Train each method's config with seeds 0..seeds-1 and compare them on dev.
@@ -98,8 +102,9 @@ def compare(
             the threads per run, the last bits of floating-point sums.
         log: where progress lines go.
         progress: called with (runs done, runs) after each run.
-        register: register the best BitFit seed in MLflow's model registry (``bitfit-<task>``
-            with the alias ``champion``); a reproduction's cells do not.
+        register: register the best BitFit seed as a version of ``bitfit-<task>``, champion
+            where it wins (``bitfit.champion``) or with ``promote``; reproductions do not.
+        selected_on: the split the configs were chosen on (``heldout``, ``dev``; ``given``).
         plots: draw the per-seed and learning-curve plots (a reproduction draws its own).
     """
     if processes is not None and processes < 1:
@@ -117,9 +122,26 @@ def compare(
     comparison = _write_comparison(runs, data, folder, best_run, plots=plots,
                                    parent_id=parent_id, experiment_id=experiment_id)
     if parent_id is not None:
-        comparison = _end_evaluation(tracker, comparison, best_run, data.task.name,
-                                     data.task.main_metric, register=register)
+        standing = _standing(runs, data, configs, selected_on, parent_id) if register else None
+        comparison = _end_evaluation(tracker, comparison, best_run, standing, promote=promote)
     return comparison
+
+
+def _standing(runs: list[SeedRun], data: TaskData, configs: dict[str, TrainConfig],
+              selected_on: str, parent_id: str) -> Standing | None:
+    """The BitFit seeds' standing: their mean main metric, on the evaluation split's rows."""
+    task, split = data.task, data.selection_split
+    values = [r.metrics[task.main_metric] for r in runs if r.method == "bitfit"]
+    if not values:
+        return None
+    # a TaskData made by hand has no fingerprint of its rows: their tokens stand in for them
+    rows = data.fingerprints.get(split) or f"tokens-{data.evals[split].digest()}"
+    bitfit = configs.get("bitfit")
+    train_rows = min(bitfit.train_samples or len(data.train), len(data.train)) if bitfit else None
+    return Standing.of(values, basis={
+        "task": task.name, "metric": task.main_metric, "eval_split": split,
+        "dev_rows": len(data.evals[split]), "dev_fingerprint": rows,
+        "selected_on": selected_on}, evaluation_run_id=parent_id, train_rows=train_rows)
 
 
 def _evaluation_run(tracker: TrackerProtocol, experiment_id: str | None, name: str,
@@ -212,19 +234,26 @@ def _write_comparison(runs: list[SeedRun], data: TaskData, folder: Path,
 
 
 def _end_evaluation(tracker: TrackerProtocol, comparison: Comparison, best_run: SeedRun | None,
-                    task: str, main: str, *, register: bool) -> Comparison:
-    """Close the parent run with the results, and register the best BitFit seed."""
+                    standing: Standing | None, *, promote: bool) -> Comparison:
+    """Close the parent run with the results, and register the best BitFit seed (where there is
+    a ``standing`` to judge it by)."""
     verdict, majority = comparison.verdict, comparison.majority
     assert comparison.parent_run_id is not None
     tracker.end_evaluation(comparison.parent_run_id, comparison.folder, {
         "finished_at": time.time(), "majority_class": majority,
         **({"p_value": verdict.p_value, "difference": verdict.estimate} if verdict else {})},
         tags={"verdict": verdict.verdict} if verdict else {})
-    if register and best_run is not None and best_run.run_id:
-        comparison = dataclasses.replace(comparison, registered_model=tracker.register(
-            best_run.run_id, best_run.artifact, task,
-            f"evaluation {comparison.folder.name}, seed {best_run.seed}: dev {main} "
-            f"{best_run.metrics[main]:.4f}"))
+    if standing is not None and best_run is not None and best_run.run_id:
+        main = standing.metric
+        registration = tracker.register(
+            best_run.run_id, best_run.artifact, standing.basis["task"], standing=standing,
+            promote=promote,
+            description=f"evaluation {comparison.folder.name}, seed {best_run.seed}: dev {main} "
+            f"{best_run.metrics[main]:.4f}; mean over {standing.seeds} seeds "
+            f"{standing.mean:.4f}")
+        if registration is not None:
+            comparison = dataclasses.replace(comparison, registration=registration,
+                                             registered_model=registration.uri)
     return comparison
 
 

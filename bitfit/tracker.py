@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bitfit.champion import Registration, Standing
 from bitfit.results import Evaluation, TrainResult
 from bitfit.trainconfig import TrainConfig
 
@@ -60,8 +61,9 @@ class TrackerProtocol(Protocol):
     def end_evaluation(self, parent_id: Any, folder: Path, metrics: dict[str, float],
                        tags: dict[str, str] | None = None) -> None: ...
 
-    def register(self, run_id: Any, artifact_dir: str | os.PathLike[str], task: str,
-                 description: str = "") -> str | None: ...
+    def register(self, run_id: Any, artifact_dir: str | os.PathLike[str], task: str, *,
+                 standing: Standing, promote: bool = False,
+                 description: str = "") -> Registration | None: ...
 
 
 class NoTracker:
@@ -116,8 +118,8 @@ class NoTracker:
                        tags: dict[str, str] | None = None) -> None:
         return None
 
-    def register(self, run_id: str | None, artifact_dir: str | os.PathLike[str], task: str,
-                 description: str = "") -> None:
+    def register(self, run_id: str | None, artifact_dir: str | os.PathLike[str], task: str, *,
+                 standing: Standing, promote: bool = False, description: str = "") -> None:
         return None
 
 

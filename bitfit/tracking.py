@@ -6,9 +6,9 @@ trial number, state and method, and the bias artifact. The parent holds the best
 parameters (also as its description), Optuna's plots and the table of all trials (CSV, which the
 UI shows, and Parquet). Every run carries the user, source and git-commit tags and its data as
 inputs (with the digest of the tokenised split). A final evaluation's parent has the report as
-its description, and its best BitFit seed is registered as the model ``bitfit-<task>`` (alias
-``champion``). Runs are addressed by id through ``MlflowClient``, so nothing depends on a
-global active run.
+its description, and its best BitFit seed is registered as a version of the model
+``bitfit-<task>``, which becomes ``champion`` where it beats the champion (``bitfit.registry``).
+Runs are addressed by id through ``MlflowClient``, so nothing depends on a global active run.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bitfit.champion import Registration, Standing
 from bitfit.methods import known
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
@@ -334,16 +335,19 @@ class Tracker:
                               "dev_per_seed.png", "learning_curves.png")
             if (folder / name).is_file()])  # the plots are left out where not drawn
 
-    def register(self, run_id: str, artifact_dir: str | os.PathLike[str], task: str,
-                 description: str = "") -> str:
-        """Log a BitFit artifact as an MLflow model on ``run_id`` and register it as
-        ``bitfit-<task>`` with the alias ``champion``; the model's ``models:/`` URI."""
-        from bitfit.registry import ALIAS, register_best
+    def register(self, run_id: str, artifact_dir: str | os.PathLike[str], task: str, *,
+                 standing: Standing, promote: bool = False,
+                 description: str = "") -> Registration:
+        """Log a BitFit artifact as an MLflow model on ``run_id``, register it as a version of
+        ``bitfit-<task>`` and judge it against the champion (``registry.register_best``)."""
+        from bitfit.registry import register_best
 
-        version = register_best(self.client, run_id, artifact_dir, task, description)
+        registration = register_best(self.client, run_id, artifact_dir, task,
+                                     standing=standing, promote=promote,
+                                     description=description)
         self.client.set_tag(run_id, "bitfit.registered_model",
-                            f"{version.name} version {version.version}")
-        return f"models:/{version.name}@{ALIAS}"
+                            f"{registration.model} version {registration.version}")
+        return registration
 
     def reproduce_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
         """The parent run of a reproduction: the one of that name when it resumes (running

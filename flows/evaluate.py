@@ -37,11 +37,13 @@ def evaluate(bitfit_study: str = "cola-bitfit", full_study: str | None = None,
              max_train_samples: int | None = None, max_length: int | None = None,
              model: str | None = None, pooling: Pooling = "auto", device: str = "auto",
              seeds: int = 5, extra_methods: tuple[ExtraMethod, ...] = (),
-             eval_processes: int | None = None, storage: str | None = None,
-             tracking_uri: str | None = None, home: str | None = None) -> dict:
+             eval_processes: int | None = None, promote: bool = False,
+             storage: str | None = None, tracking_uri: str | None = None,
+             home: str | None = None) -> dict:
     """Best configs -> S seeds each on the whole training split -> comparison on dev (and on
     the test file). ``eval_processes``: runs trained at once (default: one per core on a CPU,
-    up to 4; 1: one after another)."""
+    up to 4; 1: one after another). ``promote``: the registered version is champion even where
+    it does not beat the champion."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
     with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too

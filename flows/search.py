@@ -68,8 +68,9 @@ def search(task: str = "cola", data_dir: str | None = None, train_file: str | No
            baseline_study: str | None = None, workers: int = 1,
            seeds: int | None = None,
            extra_methods: tuple[ExtraMethod, ...] = (), eval_processes: int | None = None,
-           trial_processes: int | None = None, storage: str | None = None,
-           tracking_uri: str | None = None, home: str | None = None) -> dict:
+           trial_processes: int | None = None, promote: bool = False,
+           storage: str | None = None, tracking_uri: str | None = None,
+           home: str | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     The parameters are ``bitfit.pipeline.Config``'s (``python flows/search.py --help``). With

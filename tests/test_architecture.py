@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"train", "tracker", "results", "artifacts", "lora", "evaluation", "optim"},
     {"models", "data", "metrics", "services", "trainconfig", "hardware"},
     {"methods", "biases", "tasks", "settings", "checks", "dropout", "interrupts", "report", "lazy",
-     "verdicts", "ttest"},
+     "verdicts", "ttest", "champion"},
 ]
 RANK = {name: depth for depth, layer in enumerate(LAYERS) for name in layer}
 MAX_MODULE_LINES = 450

@@ -51,6 +51,14 @@ def test_final_runs_match_mlflow_and_the_recipe_predicts(base, cola_small, tmp_p
     assert version.run_id == best.run_id
     mean = sum(r.metrics["mcc"] for r in comparison.runs if r.method == "bitfit") / 2
     assert f"| bitfit | 2 | {mean:.4f}" in comparison.markdown
+    # the version keeps the evaluation's figures, measured on cola_small's dev rows
+    tags = version.tags
+    assert float(tags["metric_mean"]) == pytest.approx(mean) and tags["seeds"] == "2"
+    assert (tags["metric"], tags["eval_split"], tags["dev_rows"], tags["selected_on"]) == (
+        "mcc", "validation", "96", "given")
+    assert tags["dev_fingerprint"] == cola_small.fingerprints["validation"]
+    assert tags["evaluation_run_id"] == comparison.parent_run_id
+    assert comparison.registration is not None and comparison.registration.won
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

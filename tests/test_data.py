@@ -179,6 +179,24 @@ def test_prepare_samples_and_puts_a_carved_split_first(base, glue_dir, cache_dir
         400, 100, 100)
 
 
+def test_a_dev_splits_fingerprint_is_its_rows_whatever_reads_them(base, glue_dir, cache_dir):
+    """The fingerprint the registry compares scores on: the same rows under another input
+    length (or tokenizer) and in another order keep it; another sample of dev does not."""
+    from bitfit.data import rows_fingerprint
+
+    task = load_task("cola")
+    long, short = (prepare(task, base.tokenizer, data_dir=glue_dir, max_train_samples=50,
+                           max_length=n, cache_dir=cache_dir) for n in (128, 16))
+    dev = load_splits(task, data_dir=glue_dir)[1]["validation"]
+    sample = prepare(task, base.tokenizer, data_dir=glue_dir, max_train_samples=50,
+                     max_eval_samples=1000, cache_dir=cache_dir)
+
+    assert long.evals["validation"].digest() != short.evals["validation"].digest()
+    assert long.fingerprints == short.fingerprints == {
+        "validation": rows_fingerprint(task, dev.sample(frac=1.0, random_state=1))}
+    assert sample.fingerprints["validation"] != long.fingerprints["validation"]
+
+
 # --------------------------------------------------------------------------- refusing bad files
 
 TOPIC = custom_task("mine", text_columns=("text",), label_column="topic")

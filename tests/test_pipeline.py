@@ -60,6 +60,14 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
     assert "## On the test file" in (Path(summary["evaluation"]["report"]) / "report.md"
                                      ).read_text()
     assert summary["selection_split"] == "heldout"
+    # the first version of the task's model is its champion, measured after a held-out choice
+    registration = summary["evaluation"]["registration"]
+    assert registration["won"] and registration["uri"] == "models:/bitfit-mine@champion"
+    assert registration["reason"].startswith("version 1 is the first of bitfit-mine")
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient(summary["tracking_uri"]).get_model_version("bitfit-mine", "1").tags
+    assert (tags["selected_on"], tags["dev_rows"], tags["seeds"]) == ("heldout", "100", "2")
 
     _headerless(glue_dir / "SST-2" / "train.tsv", train, 300, flip=7)
     code = main(["search", *own, "--space", TINY, "--n-trials", "1", "--no-baseline",
@@ -68,6 +76,26 @@ def test_own_headerless_files_run_the_whole_pipeline_and_a_changed_file_is_a_new
 
     assert code == 0 and again["trials"] == 1
     assert again["study_name"] != summary["study_name"]
+
+
+def test_the_printed_evaluation_says_what_became_of_the_new_version():
+    from bitfit.champion import Registration
+    from bitfit.pipeline import EvaluationSummary, typed
+
+    registration = Registration("bitfit-cola", 5, 3, "champion stays: version 3 (0.1210) beats "
+                                "the new version 5 (0.0980) by 0.0230 on mean dev mcc; version "
+                                "5 is the challenger", -0.023)
+    summary = EvaluationSummary(
+        table="| t |", test_table=None, task="cola", tracking_uri="u", experiment_id="1",
+        registered_model=registration.uri, verdict=None, verdict_text="", majority_class=0.0,
+        report="r", evaluation_run_id="e", best_artifact=None, recipe="",
+        runs={}, registration=registration.as_dict())
+    again = typed(json.loads(json.dumps(summary.as_dict())))  # as --json prints it
+
+    assert again == summary and again.registration["champion"] == 3
+    assert summary.lines()[-2:] == ["registered in MLflow as models:/bitfit-cola/5",
+                                    f"  {registration.reason}"]
+    assert f"Model registry: {registration.reason}." in summary.markdown()
 
 
 @pytest.mark.parametrize("device, index, gpus, expected", [
@@ -133,6 +161,9 @@ def test_the_command_line_builds_the_config_it_names():
         "mean", 64, "cpu", "h")
     resolved = c.resolved()
     assert (resolved.space, resolved.baseline_space) == ("quick", "full_ft_quick")
+    assert not c.promote  # a new version is champion only if it wins, unless promoted
+    for command in (["search"], ["evaluate", "--bitfit-study", "s"]):
+        assert config(_parser().parse_args([*command, "--promote"])).promote
 
 
 def test_bitfit_train_reads_headerless_files_and_scores_a_test_file(glue_dir, tmp_path, capsys):

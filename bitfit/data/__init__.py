@@ -19,11 +19,12 @@ from bitfit.data._prepare import (HELDOUT, HELDOUT_FRACTION, HELDOUT_MIN, TaskDa
                                   carve_validation, heldout_size, prepare, subsample)
 from bitfit.data._readers import HUB_DATASET, load_splits
 from bitfit.data._records import TEST_SPLIT, DataSourceError
-from bitfit.data._tokenised import Encoded, encode, splits_digest, tokenizer_fingerprint
+from bitfit.data._tokenised import (Encoded, encode, rows_fingerprint, splits_digest,
+                                    tokenizer_fingerprint)
 
 __all__ = [
     "HELDOUT", "HELDOUT_FRACTION", "HELDOUT_MIN", "HUB_DATASET", "LEAK_SHARE", "TEST_SPLIT",
     "DataSourceError", "Encoded", "TaskData", "carve_validation", "collate", "encode",
-    "eval_batches", "heldout_size", "load_splits", "padding_fraction", "prepare", "splits_digest",
-    "subsample", "tokenizer_fingerprint", "train_batches",
+    "eval_batches", "heldout_size", "load_splits", "padding_fraction", "prepare",
+    "rows_fingerprint", "splits_digest", "subsample", "tokenizer_fingerprint", "train_batches",
 ]

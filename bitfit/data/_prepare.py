@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from bitfit.data._readers import HUB_DATASET, load_splits
-from bitfit.data._tokenised import Encoded, encode
+from bitfit.data._tokenised import Encoded, encode, rows_fingerprint
 from bitfit.settings import GLUE_DIR_ENV
 from bitfit.tasks import Task
 
@@ -70,6 +70,8 @@ class TaskData:
     evals: dict[str, Encoded]
     source: str
     max_length: int = 128  # tokens: longer texts were truncated, and a predictor must do the same
+    # each evaluation split's rows as read (``rows_fingerprint``): what a score was measured on
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def selection_split(self) -> str:
@@ -126,4 +128,5 @@ def prepare(
     enc = {s: encode(task, f, tokenizer, max_length=max_length, cache_dir=cache_dir)
            for s, f in {"train": train, **evals}.items()}
     train_enc = enc.pop("train")
-    return TaskData(task, train_enc, enc, source, max_length)
+    return TaskData(task, train_enc, enc, source, max_length,
+                    {s: rows_fingerprint(task, f) for s, f in evals.items()})

@@ -73,6 +73,14 @@ def _frame_fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(hashes.tobytes()).hexdigest()
 
 
+def rows_fingerprint(task: Task, frame: pd.DataFrame) -> str:
+    """A short fingerprint of a split's rows as read (texts and labels, in any order): the same
+    rows, the same fingerprint, whichever tokenizer or input length reads them."""
+    columns = [*task.text_columns, "label"]
+    hashes = np.sort(pd.util.hash_pandas_object(frame[columns], index=False).to_numpy())
+    return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
+
+
 def encode(
     task: Task,
     frame: pd.DataFrame,

@@ -99,6 +99,7 @@ class Config:
     extra_methods: tuple[ExtraMethod, ...] = ()
     eval_processes: int | None = None
     trial_processes: int | None = None  # default: trial_processes()
+    promote: bool = False  # the new version is champion whatever it scores (bitfit.champion)
     # the stores
     storage: str | None = None  # default: $BITFIT_OPTUNA_STORAGE, else the home's SQLite
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else the home's SQLite

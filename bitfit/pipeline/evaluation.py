@@ -46,27 +46,32 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
                      full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
                      tracking_uri: str, home: str, name: str, processes: int | None = None,
                      device: str = "auto", max_train_samples: int | None = None,
-                     report: Report = STDERR) -> EvaluationSummary:
+                     promote: bool = False, report: Report = STDERR) -> EvaluationSummary:
     """Train each method's best configuration with each seed; the comparison.
     Each seed trains on its own sample of as many rows as the BitFit study trained on
-    (``max_train_samples`` when given), or on all of ``data.train`` when that is no more."""
+    (``max_train_samples`` when given), or on all of ``data.train`` when that is no more. The
+    best BitFit seed is registered, champion where it wins or with ``promote``
+    (``bitfit.champion``)."""
     from bitfit.compare import compare, verdict_markdown
     from bitfit.tracking import Tracker
 
-    trained_on = max_train_samples or study_sizes(storage, bitfit_study)[0]
+    studied, held = study_sizes(storage, bitfit_study)
+    trained_on = max_train_samples or studied
     configs = evaluation_configs(storage, bitfit_study=bitfit_study, full_study=full_study,
                                  extra_methods=extra_methods, task=data.task.name,
                                  train_samples=trained_on if 0 < trained_on < len(data.train)
                                  else None)
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
                          tracker=Tracker(tracking_uri, home=home), processes=processes,
-                         device=device, log=report.line,
+                         device=device, log=report.line, promote=promote,
+                         selected_on="heldout" if held else "dev",
                          progress=lambda done, total: report.progress(
                              f"evaluation {name}", done, total))
     return EvaluationSummary(
         table=comparison.markdown, test_table=comparison.test_markdown, task=data.task.name,
         tracking_uri=mask_url(tracking_uri), experiment_id=comparison.experiment_id,
         registered_model=comparison.registered_model,
+        registration=comparison.registration.as_dict() if comparison.registration else None,
         verdict=dataclasses.asdict(comparison.verdict) if comparison.verdict else None,
         verdict_text=(verdict_markdown(comparison.verdict, data.task.main_metric,
                                        comparison.majority) if comparison.verdict else ""),

@@ -156,7 +156,8 @@ def final_evaluation(base: BaseModel, data: TaskData, c: Config, bitfit_study: s
                             extra_methods=c.extra_methods, tracking_uri=c.tracking_uri,
                             home=c.home, name=evaluation_name(bitfit_study, full_study, c.seeds),
                             processes=c.eval_processes, device=c.device,
-                            max_train_samples=c.max_train_samples, report=report)
+                            max_train_samples=c.max_train_samples, promote=c.promote,
+                            report=report)
 
 
 @kept()

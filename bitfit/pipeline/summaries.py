@@ -112,6 +112,8 @@ class EvaluationSummary:
     runs: dict[str, dict[str, float]]
     test_runs: dict[str, dict[str, float]] | None = None  # with a test file only
     prefect_flow_run: dict[str, Any] | None = None  # set by a flow's report
+    # the new version, the champion after it, the margin and why (champion.Registration)
+    registration: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, summary: dict[str, Any]) -> EvaluationSummary:
@@ -121,7 +123,12 @@ class EvaluationSummary:
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         return {k: v for k, v in data.items()
-                if v is not None or k not in ("test_runs", "prefect_flow_run")}
+                if v is not None or k not in ("test_runs", "prefect_flow_run", "registration")}
+
+    @property
+    def decision(self) -> str:
+        """What became of the new version in the registry, in a sentence."""
+        return (self.registration or {}).get("reason", "")
 
     def lines(self) -> list[str]:
         """The comparison table, the test, and how to use the best artifact, as printed."""
@@ -133,6 +140,8 @@ class EvaluationSummary:
         lines.append(f"report, table and plots: {self.report}")
         if self.registered_model:
             lines.append(f"registered in MLflow as {self.registered_model}")
+        if self.decision:
+            lines.append(f"  {self.decision}")
         if self.best_artifact:
             lines += [f"best BitFit seed's artifact: {self.best_artifact}; use it with:",
                       self.recipe]
@@ -145,6 +154,8 @@ class EvaluationSummary:
             lines += ["", "### On the test file", "", self.test_table]
         if self.verdict_text:
             lines += ["", self.verdict_text]
+        if self.decision:
+            lines += ["", f"Model registry: {self.decision}."]
         if self.registered_model:
             lines += ["", f"The best BitFit seed is the MLflow model `{self.registered_model}`:",
                       "", "```python", "import mlflow, pandas as pd",
