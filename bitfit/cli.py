@@ -142,6 +142,9 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"got {fraction}")
 
     check_device(args.device)
+    from bitfit.hardware import check_precision, resolve_device
+
+    check_precision(args.precision, resolve_device(args.device))  # fp16 is for GPUs
     check_length(args.model, args.max_length)
     writable_folder(home_dir(args.home), "--home (or $BITFIT_HOME)")
     out = Path(args.out) if args.out else None
