@@ -138,14 +138,15 @@ def _manifest(base: BaseModel, task: Task, run: dict[str, Any]) -> dict[str, Any
         "subset": run["config"]["subset"] if method(run["method"]).takes_subset else None,
         **{key: run[key] for key in _RUN_FIELDS},
         "tensors_sha256": "",  # below, once the tensors carry the seal
-        "versions": {"bitfit": _version("bitfit"), "torch": torch.__version__,
-                     "transformers": _version("transformers"),
-                     "safetensors": _version("safetensors"),
+        "versions": {"bitfit": package_version("bitfit"), "torch": torch.__version__,
+                     "transformers": package_version("transformers"),
+                     "safetensors": package_version("safetensors"),
                      "python": platform.python_version()},
     }
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """An installed package's version, or "unknown"."""
     try:
         return version(package)
     except Exception:  # noqa: BLE001 - an uninstalled package simply has no version to record
@@ -366,6 +367,14 @@ def apply_artifact(base: BaseModel, path: str | os.PathLike[str]) -> TextClassif
     return model
 
 
+def load_base_of(manifest: dict[str, Any]) -> BaseModel:
+    """The base model an artifact's manifest names, loaded with the pooling it was trained with."""
+    from bitfit.models import BUNDLED, load_base
+
+    model_id = manifest["base_model"]
+    return load_base(None if model_id == BUNDLED else model_id, pooling=manifest["pooling"])
+
+
 class Predictor:
     """A fine-tuned classifier rebuilt from an artifact, callable on raw text.
 
@@ -374,12 +383,8 @@ class Predictor:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, base: BaseModel | None = None) -> None:
-        from bitfit.models import BUNDLED, load_base
-
         manifest, _ = load_artifact(path)
-        model_id = manifest["base_model"]
-        self.base = base or load_base(None if model_id == BUNDLED else model_id,
-                                      pooling=manifest["pooling"])
+        self.base = base or load_base_of(manifest)
         self.model = apply_artifact(self.base, path)
         self.manifest = manifest
         self.max_length = max_length_of(manifest)

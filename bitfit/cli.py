@@ -1,14 +1,16 @@
-"""Command line: ``bitfit train | search | evaluate | prepare | reproduce`` (or ``python -m
-bitfit ...``).
+"""Command line: ``bitfit train | search | evaluate | prepare | reproduce | export`` (or ``python
+-m bitfit ...``).
 
     bitfit train --task sst2 --data-dir ../shared/data/glue      # one run and its artifact
     bitfit search --task cola --data-dir ../shared/data/glue --quick   # the whole pipeline
     bitfit reproduce --data-dir ../shared/data/glue              # the paper's claims checked
+    bitfit export runs/artifacts/<run> exported/                 # a Hugging Face model folder
 
 ``train`` trains one configuration, prints the dev metrics, the trainable fraction and where the
 bias artifact was written. ``search``, ``evaluate`` and ``prepare`` run the pipeline of
 ``bitfit.pipeline`` here, ``reproduce`` the claims check of ``bitfit.reproduce``, without
-Prefect (``python flows/*.py`` runs the same as Prefect flows).
+Prefect (``python flows/*.py`` runs the same as Prefect flows). ``export`` writes an artifact as a
+Hugging Face model folder (``bitfit.export``).
 ``--json``: one JSON object instead.
 """
 
@@ -46,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         ARGUMENTS[name](commands.add_parser(name, help=text))
     p = commands.add_parser("train", help="train one configuration and save its bias artifact")
     _train_arguments(p)
+    p = commands.add_parser("export", help="write an artifact as a Hugging Face model folder "
+                            "(config.json, model.safetensors, the tokenizer; PEFT adapters for "
+                            "LoRA)")
+    p.add_argument("artifact", help="the artifact's folder (a training run prints it)")
+    p.add_argument("folder", help="a new or empty folder to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -134,6 +142,9 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"got {fraction}")
 
     check_device(args.device)
+    from bitfit.hardware import check_precision, resolve_device
+
+    check_precision(args.precision, resolve_device(args.device))  # fp16 is for GPUs
     check_length(args.model, args.max_length)
     writable_folder(home_dir(args.home), "--home (or $BITFIT_HOME)")
     out = Path(args.out) if args.out else None
@@ -253,12 +264,44 @@ def _pipeline(args: argparse.Namespace) -> int:
     return run_command(call[args.command], show=show)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from bitfit.entry import run_command
+
+    def work() -> dict[str, object]:
+        from transformers.utils import logging as hf_logging
+
+        from bitfit.export import check_export, export_artifact
+
+        check_export(args.artifact, args.folder)  # before transformers and the model load
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        done = export_artifact(args.artifact, args.folder)
+        return {"folder": str(done.folder), "architecture": done.architecture,
+                "trust_remote_code": done.remote_code,
+                "adapter": str(done.adapter) if done.adapter else None}
+
+    def show(result: dict) -> None:
+        if args.json:
+            print(json.dumps(result))
+            return
+        trust = ", trust_remote_code=True" if result["trust_remote_code"] else ""
+        print(f"exported {args.artifact} to {result['folder']} ({result['architecture']}): "
+              f"AutoModelForSequenceClassification.from_pretrained({result['folder']!r}{trust})"
+              " and AutoTokenizer the same way; its README.md says more")
+        if result["adapter"]:
+            print(f"LoRA adapters in PEFT's format: {result['adapter']}")
+
+    return run_command(work, show=show)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bitfit.entry import run_command
     from bitfit.settings import quiet_environment
 
     quiet_environment()
     args = _parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     if args.command != "train":
         return _pipeline(args)
     shown: dict = {}

@@ -134,9 +134,10 @@ def _bias(mask: torch.Tensor | None, shape: tuple[int, int, int, int], dtype: to
         if ref() is mask and bias.dtype == dtype and bias.shape == flat:
             return bias
     if mask.dtype == torch.bool:  # SDPA's mask: True where a key may be seen
-        # bf16's most negative number: also finite once autocast casts it to bf16
-        bias = torch.zeros(mask.shape, dtype=dtype).masked_fill_(
-            ~mask, torch.finfo(torch.bfloat16).min)
+        # bf16's most negative number: also finite once autocast casts it to bf16 (fp16's own
+        # under fp16 autocast, whose range is smaller)
+        low = torch.finfo(torch.float16 if dtype == torch.float16 else torch.bfloat16).min
+        bias = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, low)
     else:  # already additive
         bias = mask.to(dtype)
     bias = bias.expand(shape).reshape(flat)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from bitfit.data import Encoded, TaskData, collate, eval_batches
-from bitfit.hardware import take_free_cores
+from bitfit.hardware import half_dtype, take_free_cores
 from bitfit.interrupts import stop_if_interrupted
 from bitfit.metrics import compute_metrics, predictions_from_logits
 from bitfit.models import TextClassifier
@@ -25,7 +25,8 @@ def predict(model: TextClassifier, data: Encoded, *, batch_size: int, pad_id: in
         take_free_cores()
         batch = {k: v.to(device) for k, v in collate(data, rows, pad_id=pad_id).items()
                  if k != "labels"}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        half = half_dtype(precision)
+        with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None):
             out[rows] = model(**batch).float().cpu().numpy()
     model.train(was_training)
     return out

@@ -44,13 +44,40 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def gpu_has_fast_bf16(device: torch.device) -> bool:
+    """Whether this GPU computes in bf16 natively: an NVIDIA GPU of compute capability 8.0
+    (Ampere) or later, or an AMD GPU (ROCm). Older NVIDIA GPUs only emulate it, which torch's
+    ``is_bf16_supported()`` counts as support by default."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def half_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast computes in at a resolved precision; None for fp32."""
+    return _HALF.get(precision)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse fp16 off a CUDA GPU: its loss scaling is the GPUs' recipe, and on a CPU bf16 is
+    the half precision to use (fp32's range, so no loss scaling)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 (with loss scaling) is for CUDA GPUs, and this run is "
+                         f"on {device.type}: use --precision bf16 or fp32 there, or auto")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` picks bf16 where the hardware runs it natively (see ``benchmarks/precision.py``
-    for the measurement that lets it), else fp32."""
+    for the measurement that lets it on a CPU), fp16 with loss scaling on a GPU without it, else
+    fp32. fp16 off a GPU is refused (``check_precision``)."""
+    check_precision(precision, device)
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if gpu_has_fast_bf16(device) else "fp16"
     return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 

@@ -9,10 +9,15 @@ every method share one model as they do for BitFit.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
 from bitfit.models import BaseModel
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 # the attention projections LoRA adapts, per bias-term family (bitfit.biases)
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -29,14 +34,21 @@ def add_adapters(base: BaseModel, *, rank: int) -> dict[str, torch.Tensor]:
     off again by its next ``restore``; the adapters' tensors by parameter name in the encoder
     (the only encoder tensors that then train). ``lora_A`` draws from torch's generator (seed it
     first), ``lora_B`` starts at 0, so the model starts as the pre-trained one."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
     encoder = base.encoder
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                        target_modules=list(TARGETS[base.family]), bias="none")
-    inject_adapter_in_model(config, encoder)
+    inject_adapter_in_model(lora_config(base.family, rank), encoder)
     base.on_restore(remove_adapters)
     return {n: p for n, p in encoder.named_parameters() if ".lora_" in n}
+
+
+def lora_config(family: str, rank: int, **more: Any) -> LoraConfig:
+    """PEFT's config of the adapters bitfit trains on a model of ``family`` (``more``: further
+    fields, such as ``modules_to_save`` where a whole classifier is wrapped)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                      target_modules=list(TARGETS[family]), bias="none", **more)
 
 
 def remove_adapters(encoder: nn.Module) -> None:

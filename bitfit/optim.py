@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.utils.hooks import RemovableHandle
 
-from bitfit.hardware import take_free_cores
+from bitfit.hardware import half_dtype, take_free_cores
 from bitfit.models import TextClassifier
 from bitfit.trainconfig import TrainConfig
 
@@ -92,6 +92,7 @@ def train_step(
     max_grad_norm: float,
     precision: str = "fp32",
     regression: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One training step on one batch: forward, loss, backward, gradient clipping, then the
     optimiser and scheduler step, with the threads ``hardware.take_free_cores`` gives it.
@@ -105,8 +106,11 @@ def train_step(
         optimizer, scheduler: as ``configure_optimizer`` makes them.
         params: the trained tensors, in one fixed order; their gradients are clipped together.
         max_grad_norm: the gradient norm they are clipped to.
-        precision: ``bf16`` runs the forward pass under bf16 autocast; ``fp32`` does not.
+        precision: ``bf16`` or ``fp16`` runs the forward pass under autocast in that dtype;
+            ``fp32`` does not.
         regression: mean squared error on the single output, else cross-entropy.
+        scaler: fp16's loss scaling (``new_scaler``): the step is skipped, scheduler included,
+            where a gradient is infinite or NaN, and the scale lowered, as ``GradScaler`` does.
 
     Returns:
         The batch's loss.
@@ -114,20 +118,44 @@ def train_step(
     take_free_cores()
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    half = half_dtype(precision)
     # Autocast on the device the batch is on: a device passed separately could disagree and
-    # silently turn bf16 off.
-    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    # silently turn it off.
+    with torch.autocast(labels.device.type, dtype=half or torch.bfloat16,
+                        enabled=half is not None):
         logits = model(**inputs)
     loss = _loss(regression, logits, labels)
     value = float(loss.detach())
     if not math.isfinite(value):
         return value
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    scheduler.step()
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+    elif _scaled_step(loss, optimizer, scaler, params=params, max_grad_norm=max_grad_norm):
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return value
+
+
+def new_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler an fp16 run needs (None at any other precision)."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def _scaled_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, *, params: list[torch.Tensor],
+                 max_grad_norm: float) -> bool:
+    """Backward through the scaled loss, the gradients unscaled and clipped, and the optimiser
+    step unless a gradient overflowed; whether it stepped."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clipping sees the true gradients
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)  # skipped where a gradient is inf or NaN
+    scaler.update()  # and then the scale halves
+    return scaler.get_scale() >= scale
 
 
 @contextlib.contextmanager

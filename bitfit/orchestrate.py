@@ -198,20 +198,17 @@ def check_workers(workers: int, storage: str, tracking_uri: str) -> None:
 
 def run_workers(workers: int, parameters: dict[str, Any], *,
                 deployment: str = WORKER_DEPLOYMENT, poll_s: float = 2.0) -> None:
-    """Start ``workers`` runs of the study-worker deployment on its work pool (worker i on GPU
-    i mod n where there are n); wait for all."""
+    """Start ``workers`` runs of the study-worker deployment on its work pool, each told its
+    index (the worker chooses its device where it runs: GPU i mod the GPUs it sees, for
+    ``auto``); wait for all."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
     try:
-        import torch
-
-        gpus = torch.cuda.device_count()
         runs: list[Any] = [
-            run_deployment(deployment, timeout=0, parameters={
-                **parameters, "device": pipeline.worker_device(parameters["device"], i, gpus)},
-                flow_run_name=f"{parameters['study_name']}-worker-{i}")
+            run_deployment(deployment, timeout=0, parameters={**parameters, "worker": i},
+                           flow_run_name=f"{parameters['study_name']}-worker-{i}")
             for i in range(workers)]
     except ObjectNotFound:
         raise ValueError(

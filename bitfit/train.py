@@ -25,12 +25,13 @@ from bitfit import dropout
 from bitfit.biases import RandomMask, random_mask, select_biases
 from bitfit.data import TaskData, collate, train_batches
 from bitfit.evaluation import evaluate, predict, train_metrics
-from bitfit.hardware import (cpu_has_fast_bf16, peak_memory_mb, reset_peak_memory,
+from bitfit.hardware import (cpu_has_fast_bf16, half_dtype, peak_memory_mb, reset_peak_memory,
                              resolve_device, resolve_precision)
 from bitfit.interrupts import stop_if_interrupted
 from bitfit.methods import RunStatus, method
 from bitfit.models import BaseModel, TextClassifier
-from bitfit.optim import configure_optimizer, frozen_weights_in, linear_schedule, train_step
+from bitfit.optim import (configure_optimizer, frozen_weights_in, linear_schedule, new_scaler,
+                          train_step)
 from bitfit.results import Callback, Evaluation, TrainResult
 from bitfit.trainconfig import (PRECISIONS, SCHEDULES, TrainConfig, epochs_of, lr_sum,
                                 total_steps_of)
@@ -177,7 +178,7 @@ def train(
     data = seed_sample(data, config)
     model, trained, masks = prepare_model(base, data.task.num_labels, config, dev)
     pad_id = base.tokenizer.pad_token_id or 0
-    with frozen_weights_in(model, torch.bfloat16 if precision == "bf16" else None):
+    with frozen_weights_in(model, half_dtype(precision)):
         state = _optimise(model, data, config, trained, masks, callback=callback, pad_id=pad_id,
                           device=dev, precision=precision, progress=progress)
         tick = time.perf_counter()
@@ -256,7 +257,7 @@ def _train_loop(
     state = _LoopState()
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total = total_steps_of(config, len(data.train))
-    params = list(trained.values())
+    params, scaler = list(trained.values()), new_scaler(precision, device)  # fp16: loss scaling
     model.train()
     epoch = 0
     while state.step < total:
@@ -268,7 +269,7 @@ def _train_loop(
             batch = {k: v.to(device) for k, v in collate(data.train, rows, pad_id=pad_id).items()}
             loss = train_step(model, batch, optimizer, scheduler, params=params,
                               max_grad_norm=config.max_grad_norm, precision=precision,
-                              regression=data.task.is_regression)
+                              regression=data.task.is_regression, scaler=scaler)
             if not math.isfinite(loss):
                 state.status = "diverged"
                 state.message = (f"loss became {loss} at step {state.step + 1} (epoch {epoch + 1})"

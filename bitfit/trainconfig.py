@@ -14,7 +14,7 @@ import numpy as np
 from bitfit.biases import parse_subset
 from bitfit.methods import method
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: CUDA only, with loss scaling
 SCHEDULES = ("linear", "constant")
 
 

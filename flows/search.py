@@ -46,13 +46,15 @@ def study(task: str = "cola", data_dir: str | None = None, train_file: str | Non
           threads: int | None = None, space: str = "bitfit", n_trials: int | None = None,
           select_on: SelectOn = "heldout", study_name: str | None = None,
           storage: str | None = None, tracking_uri: str | None = None,
-          home: str | None = None) -> dict:
+          home: str | None = None, worker: int = 0) -> dict:
     """One worker of a study: load the model once, then run trials until the study's budget
-    is spent, together with every other worker on the same storage."""
+    is spent, together with every other worker on the same storage. ``worker`` is its index:
+    with the device ``auto`` it trains on GPU ``worker`` mod the GPUs its machine has."""
     config = pipeline.Config.of(locals())  # the parameters, as the pipeline's config
     refuse_secrets(storage=storage, tracking_uri=tracking_uri)
+    here = pipeline.worker_device(device, worker)  # counted on this machine, not the caller's
     with catch_signals():  # a signal is recorded, and goes to the flow engine's handler too
-        return pipeline.run(dataclasses.replace(config, baseline=False, seeds=0),
+        return pipeline.run(dataclasses.replace(config, baseline=False, seeds=0, device=here),
                             phase=orchestrate.as_task, report=orchestrate.PrefectReport())
 
 

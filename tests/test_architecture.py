@@ -16,11 +16,11 @@ LAYERS: list[set[str]] = [
     {"commands", "orchestrate"},  # the commands and the Prefect flows' bodies
     {"pipeline", "reproduce", "entry"},  # the workflows, and what every command does around them
     {"compare", "study", "studies", "tracking", "registry", "_pyfunc", "pool", "space",
-     "space_schema"},
+     "space_schema", "export"},
     {"train", "tracker", "results", "artifacts", "lora", "evaluation", "optim"},
     {"models", "data", "metrics", "services", "trainconfig", "hardware"},
     {"methods", "biases", "tasks", "settings", "checks", "dropout", "interrupts", "report", "lazy",
-     "verdicts", "ttest", "champion"},
+     "verdicts", "ttest", "champion", "hf_modeling"},
 ]
 RANK = {name: depth for depth, layer in enumerate(LAYERS) for name in layer}
 MAX_MODULE_LINES = 450

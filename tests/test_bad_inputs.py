@@ -221,6 +221,8 @@ CASES = [
      "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("train", ["train", "--task", "cola", "--device", "cuda:3", "--home", "{home}"],
      "--device cuda:3 asks for a GPU"),
+    ("train", ["train", "--task", "cola", "--device", "cpu", "--precision", "fp16", "--home",
+               "{home}"], "precision fp16 (with loss scaling) is for CUDA GPUs"),
     ("train", ["train", "--task", "cola", "--max-length", "100000", "--home", "{home}"],
      "--max-length 100000 is longer than the 512 tokens"),
     ("search", [*SEARCH, "--max-length", "100000"], "use 512 or less"),

@@ -83,6 +83,59 @@ def test_several_workers_need_a_prefect_server():
         check_workers(0, "postgresql://u@h/db", "http://127.0.0.1:5000")
 
 
+def test_the_workers_are_told_their_index_and_choose_their_gpu_where_they_run(monkeypatch):
+    """The machine that starts the workers may have no GPU, or other GPUs than theirs: it sends
+    ``auto`` and the index, and each worker counts its own GPUs."""
+    import prefect.client.orchestration
+    import prefect.deployments
+    import torch
+
+    from bitfit import orchestrate, pipeline
+
+    sent = []
+
+    class Run:
+        def __init__(self, parameters, name):
+            self.id, self.name, self.parameters = name, name, parameters
+            self.state = type("Done", (), {"is_final": lambda s: True,
+                                           "is_completed": lambda s: True})()
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_flow_run(self, run_id):
+            return next(r for r in sent if r.id == run_id)
+
+    def run_deployment(name, timeout, parameters, flow_run_name):
+        sent.append(Run(parameters, flow_run_name))
+        return sent[-1]
+
+    def no_counting_here():
+        raise AssertionError("the caller counted its own GPUs")
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda **_: Client())
+    monkeypatch.setattr(torch.cuda, "device_count", no_counting_here)
+    orchestrate.run_workers(3, {"study_name": "s", "device": "auto"}, poll_s=0)
+    assert [(r.parameters["worker"], r.parameters["device"]) for r in sent] == [
+        (0, "auto"), (1, "auto"), (2, "auto")]
+
+    sys.path.insert(0, str(ROOT / "flows"))
+    import search
+
+    trained_on = []
+    monkeypatch.setattr(pipeline, "run", lambda config, **_: trained_on.append(config.device))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # the worker's machine
+    for run in sent:
+        search.study.fn(**run.parameters)
+    search.study.fn(device="cuda:0", worker=1)
+    assert trained_on == ["cuda:0", "cuda:1", "cuda:0", "cuda:0"]
+
+
 def test_the_flows_honour_bitfit_home(glue_dir, tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "flows"))
     import prepare

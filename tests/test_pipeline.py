@@ -100,10 +100,22 @@ def test_the_printed_evaluation_says_what_became_of_the_new_version():
 
 @pytest.mark.parametrize("device, index, gpus, expected", [
     ("auto", 0, 2, "cuda:0"), ("auto", 3, 2, "cuda:1"), ("cuda", 2, 4, "cuda:2"),
-    ("auto", 1, 0, "auto"), ("cpu", 1, 2, "cpu"), ("cuda:1", 0, 2, "cuda:1"),
+    ("auto", 1, 0, "cpu"), ("cpu", 1, 2, "cpu"), ("cuda:1", 0, 2, "cuda:1"),
+    ("cuda:3", 5, 0, "cuda:3"),
 ])
 def test_worker_i_of_k_takes_gpu_i_mod_n(device, index, gpus, expected):
     assert worker_device(device, index, gpus) == expected
+
+
+def test_a_worker_counts_the_gpus_of_the_machine_it_runs_on(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [worker_device("auto", i) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:2",
+                                                             "cuda:0"]
+    assert worker_device("cuda:1", 2) == "cuda:1"  # named: honoured whatever the index
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert worker_device("auto", 2) == "cpu"
 
 
 def test_a_device_that_is_not_there_is_refused_by_name():
@@ -140,7 +152,9 @@ def test_the_flows_parameters_are_the_pipeline_config():
 
     fields = {f.name for f in dataclasses.fields(Config)}
     assert set(search.search.parameters.properties) == fields
-    assert set(search.study.parameters.properties) == set(WORKER_PARAMETERS) < fields
+    # a study worker's one parameter of its own: its index, for its device (worker_device)
+    assert set(search.study.parameters.properties) == {*WORKER_PARAMETERS, "worker"}
+    assert set(WORKER_PARAMETERS) < fields
     assert set(evaluate.evaluate.parameters.properties) - fields == {"bitfit_study",
                                                                      "full_study"}
     assert set(prepare.prepare.parameters.properties) - fields == {"validation_fraction"}

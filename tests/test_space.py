@@ -90,8 +90,8 @@ BAD = [
     ("train: {seed: -1}" + LR, "key 'train.seed': must be >= 0, got -1"),
     ("train: {group_by_length: 1}" + LR, "key 'train.group_by_length': expected bool, got 1"),
     ("train: {subset: q+zz}" + LR, "key 'train.subset': unknown bias subset 'q+zz'"),
-    ("train: {precision: fp16}" + LR,
-     "key 'train.precision': precision must be one of auto, fp32, bf16, got 'fp16'"),
+    ("train: {precision: fp8}" + LR,
+     "key 'train.precision': precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
     # sampler and pruner options, as Optuna expects them
     ("sampler: {seed: 1.5}" + LR, "key 'sampler.seed': expected int or null, got 1.5"),
     ("sampler: {n_startup_trials: -1}" + LR,

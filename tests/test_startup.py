@@ -13,6 +13,7 @@ from tests.conftest import ROOT
 HEAVY = ("torch", "transformers", "mlflow", "prefect", "optuna", "sklearn", "pandas")
 COMMANDS = [["-m", "bitfit", "--help"], ["-m", "bitfit", "train", "--help"],
             ["-m", "bitfit", "search", "--help"], ["-m", "bitfit", "reproduce", "--help"],
+            ["-m", "bitfit", "export", "--help"],
             ["-m", "bitfit", "search", "--n-trials", "many"],
             *[[f"flows/{f}.py", "--help"] for f in ("search", "evaluate", "prepare", "reproduce")],
             ["flows/search.py", "--bogus"]]

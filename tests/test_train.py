@@ -205,7 +205,7 @@ def test_train_step_lowers_the_loss_and_moves_only_the_trained_tensors(base, col
                           "'adapter'"),
     ("lora_rank", 0, "lora_rank must be >= 1, got 0"),
     ("subset", "q+z", "unknown bias subset 'q+z'"),
-    ("precision", "fp16", "precision must be one of auto, fp32, bf16, got 'fp16'"),
+    ("precision", "fp8", "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
     ("epochs", 0, "epochs must be >= 1, got 0"),
     ("train_eval_samples", -1, "train_eval_samples must be >= 0, got -1"),
 ])
@@ -218,6 +218,62 @@ def test_explicit_precision_is_kept():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
+
+
+@pytest.mark.parametrize("capability, hip, expected", [
+    ((7, 0), None, "fp16"), ((7, 5), None, "fp16"), ((8, 0), None, "bf16"), ((9, 0), None, "bf16"),
+    ((9, 4), "6.2", "bf16"),  # an AMD GPU under ROCm
+])
+def test_auto_on_a_gpu_is_bf16_where_it_is_native_else_fp16(monkeypatch, capability, hip,
+                                                            expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    # torch counts emulated bf16 as support: a V100 or T4 would say True here
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+    assert resolve_precision("auto", torch.device("cuda:1")) == expected
+    assert resolve_precision("fp16", torch.device("cuda:1")) == "fp16"
+
+
+def test_fp16_off_a_gpu_is_refused_in_one_sentence(base, cola_small):
+    message = r"precision fp16 \(with loss scaling\) is for CUDA GPUs, and this run is on cpu"
+    with pytest.raises(ValueError, match=message):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match=message):
+        train(base, cola_small, TrainConfig(max_steps=1, precision="fp16"), device="cpu",
+              progress=False)
+
+
+def test_an_fp16_step_skips_an_overflowing_gradient_as_grad_scaler_does(base, cola_small):
+    """fp16 with loss scaling, on a CPU (torch's GradScaler and fp16 autocast run there too): a
+    step whose scaled gradients stay finite trains; one whose gradients overflow changes no
+    tensor, does not advance the schedule, and halves the scale."""
+    config = TrainConfig(learning_rate=1e-2, warmup_ratio=0.0)
+    names, _ = trainable_tensors(base, config)
+    model = base.classifier(2, seed=0, dropout=0.0)
+    base.remember(names)
+    params = dict(model.named_parameters())
+    trained = {f"encoder.{n}": params[f"encoder.{n}"].requires_grad_(True) for n in names}
+    trained.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+    optimizer, scheduler, _ = configure_optimizer(trained, {}, config, total_steps=100,
+                                                  device=torch.device("cpu"))
+    batch = collate(cola_small.train, np.arange(16), pad_id=base.tokenizer.pad_token_id or 0)
+    model.train()
+
+    def step(scale: float) -> tuple[set[str], float]:
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        before = {n: p.detach().clone() for n, p in trained.items()}
+        loss = train_step(model, batch, optimizer, scheduler, params=list(trained.values()),
+                          max_grad_norm=1.0, precision="fp16", scaler=scaler)
+        assert np.isfinite(loss)
+        return {n for n, p in trained.items() if not torch.equal(p, before[n])}, \
+            scaler.get_scale()
+
+    changed, scale = step(2.0**4)
+    assert changed == set(trained) and scale == 2.0**4 and scheduler.last_epoch == 1
+    changed, scale = step(2.0**40)  # fp16 gradients of 1e12 times the loss's: infinite
+    assert changed == set() and scale == 2.0**39 and scheduler.last_epoch == 1
+    assert all(p.grad is None for p in trained.values())
 
 
 def test_bf16_with_the_frozen_weights_cast_once_trains_exactly_as_autocast_alone(

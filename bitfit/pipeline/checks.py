@@ -79,13 +79,20 @@ def check_device(device: str) -> None:
                              "use --device auto or cpu, or a GPU that exists")
 
 
-def worker_device(device: str, index: int, gpus: int) -> str:
-    """The device of worker ``index`` of several on a machine with ``gpus`` GPUs: GPU
-    ``index mod gpus`` when the device is ``auto`` or ``cuda``; a named one (``cpu``,
-    ``cuda:N``) is kept."""
-    if device in ("auto", "cuda") and gpus > 0:
+def worker_device(device: str, index: int, gpus: int | None = None) -> str:
+    """The device of worker ``index`` of a study, chosen on the machine the worker runs on: GPU
+    ``index mod gpus`` when the device is ``auto`` or ``cuda`` (``gpus``: the GPUs torch sees
+    here, counted when not given), the CPU for ``auto`` where there is none; a named one
+    (``cpu``, ``cuda:N``) is kept."""
+    if device not in ("auto", "cuda"):
+        return device
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus > 0:
         return f"cuda:{index % gpus}"
-    return device
+    return "cpu" if device == "auto" else device  # "cuda" without one: check_device says so
 
 
 def check_search(config: Config) -> Config:
