@@ -264,10 +264,9 @@ class Tracker:
         if complete:
             best = study.best_trial
             _shared(self.client.log_batch, parent_id,
-                                  metrics=[Metric("best_value", best.value, _now_ms(), 0)],
-                                  tags=[RunTag("best_trial", str(best.number))] +
-                                  [RunTag(f"best.{k}", _short(v)) for k, v in
-                                   best.params.items()])
+                    metrics=[Metric("best_value", best.value, _now_ms(), 0)],
+                    tags=[RunTag("best_trial", str(best.number)),
+                          *[RunTag(f"best.{k}", _short(v)) for k, v in best.params.items()]])
             params = ", ".join(f"`{k}` = {v}" for k, v in best.params.items())
             note = (f"**Study `{study.study_name}`**: best value **{best.value:.4f}** "
                     f"(trial {best.number}: {params}) of {len(study.trials)} trials; the "
@@ -285,12 +284,12 @@ class Tracker:
             plt.close(figure)
         _shared(self.client.set_terminated, parent_id, status="FINISHED")
 
-    def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
-        """A parent run for a final evaluation."""
-        run_id = self._run(experiment_id, f"evaluation {name}",
-                           {"bitfit.evaluation": name, "bitfit.kind": "evaluation"})
-        self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
-        return run_id
+    def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any], *,
+                       key: str, resume: bool = False) -> str:
+        """The parent run of a final evaluation: with ``resume``, the one of that ``key``
+        (running again) when there is one, else a new one with the settings as parameters."""
+        return self._parent(experiment_id, f"evaluation {name}", "evaluation", (
+            "bitfit.evaluation_key", key), params, {"bitfit.evaluation": name}, resume=resume)
 
     def seed_run(self, experiment_id: str, parent_id: str, label: str, seed: int,
                  config: TrainConfig) -> str:
@@ -301,11 +300,11 @@ class Tracker:
                                               asdict(config).items()])
         return run_id
 
-    def end_seed_run(self, run_id: str, result: TrainResult, seed_run: Any,
+    def end_seed_run(self, run_id: str, evaluations: list[Evaluation], seed_run: Any,
                      artifact_dir: str | None) -> None:
         """Per-epoch dev metrics, the final ones, costs, and the artifact of a seed run."""
         now = int(time.time() * 1000)
-        for evaluation in result.evaluations:
+        for evaluation in evaluations:
             self.log_evaluation(run_id, evaluation, now)
         final = {**{f"dev_{k}": v for k, v in seed_run.metrics.items()},
                  **{f"test_{k}": v for k, v in seed_run.test_metrics.items()},
@@ -348,14 +347,23 @@ class Tracker:
     def reproduce_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
         """The parent run of a reproduction: the one of that name when it resumes (running
         again), else a new one with the settings as parameters."""
+        return self._parent(experiment_id, f"reproduce {name}", "reproduce",
+                            ("bitfit.reproduce", name), params)
+
+    def _parent(self, experiment_id: str, run_name: str, kind: str, key: tuple[str, str],
+                params: dict[str, Any], tags: dict[str, str] | None = None, *,
+                resume: bool = True) -> str:
+        """A parent run found by ``key`` (a tag, and the name whose digest it holds): with
+        ``resume`` the earliest one, running again, when there is one; else a new one."""
+        tag, value = key[0], _key(key[1])
         found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`bitfit.reproduce` = '{_key(name)}'",
-            max_results=1, order_by=["attributes.start_time ASC"])
+            [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1,
+            order_by=["attributes.start_time ASC"]) if resume else []
         if found:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-        run_id = self._run(experiment_id, f"reproduce {name}",
-                           {"bitfit.reproduce": _key(name), "bitfit.kind": "reproduce"})
+        run_id = self._run(experiment_id, run_name,
+                           {tag: value, "bitfit.kind": kind, **(tags or {})})
         self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
         return run_id
 
@@ -370,6 +378,15 @@ class Tracker:
         for name in files:
             self.client.log_artifact(run_id, str(folder / name))
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def resume_seed_runs(self, experiment_id: str, parent_id: str) -> set[str]:
+        """The ids of a resumed final evaluation's finished child runs; those its stopped
+        process left RUNNING (a SIGKILL, a crash) end KILLED."""
+        children = self.child_runs(experiment_id, parent_id)
+        for run in children:
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        return {r.info.run_id for r in children if r.info.status == "FINISHED"}
 
     def child_runs(self, experiment_id: str, parent_id: str) -> list:
         return self.client.search_runs(
