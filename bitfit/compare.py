@@ -4,6 +4,8 @@ The best configuration of a study is read from its storage (each trial keeps its
 config). Every (method, seed) trains on the whole training split and is scored on GLUE dev after
 its last epoch: nothing is selected on dev. The comparison (``bitfit.report``) is written under the
 run home and, with a tracker, to MLflow: a parent run per evaluation, a child per method and seed.
+The same evaluation called again after an interruption goes on in its folder and parent run and
+trains only the seeds it lacks (``bitfit.resume``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitfit.artifacts import TENSORS, unique_folder
+from bitfit.artifacts import TENSORS
 from bitfit.champion import Registration, Standing
 from bitfit.data import TEST_SPLIT, TaskData
 from bitfit.interrupts import is_interruption
@@ -27,6 +29,7 @@ from bitfit.metrics import constant_score
 from bitfit.pool import (MAX_PROCESSES, NOT_STARTED, default_processes,
                          in_processes, worker_state)
 from bitfit.report import SeedRun, markdown, plot_curves, plot_seeds, summarise
+from bitfit.resume import Opened, SeedRecord, finish, finished_seeds, identity, open_folder
 from bitfit.studies import best_config
 from bitfit.tracker import TrackerProtocol, or_no_tracker
 from bitfit.train import TrainConfig, TrainResult, epochs_of, train
@@ -87,35 +90,34 @@ def compare(
     """Train each method's config with seeds 0..seeds-1 and compare them on dev.
 
     Args:
-        base: the loaded base model.
-        data: the whole training split and the dev split(s) (no carved split).
-        configs: a config per method label, e.g. ``{"bitfit": ..., "full": ...}``.
-        seeds: how many seeds per method.
-        home: the run home; results go to ``<home>/evaluations/<name>``.
+        base: the loaded base model; data: the whole training split and the dev split(s).
+        configs: a config per method label, e.g. ``{"bitfit": ..., "full": ...}``; seeds: how
+            many seeds per method.
+        home: the run home; results go to ``<home>/evaluations/<name>``, or ``<name>-2``, ...:
+            an unfinished folder of the same evaluation goes on in its parent run, only the
+            seeds it lacks training (``bitfit.resume``); a finished one is kept.
         name: the evaluation's name.
         tracker: a ``tracking.Tracker``; None records nothing.
-        experiment: MLflow experiment (default: the task's name).
-        device: training device.
+        experiment: MLflow experiment (default: the task's name). device: training device.
         processes: runs trained at once, each in its own process with an equal share of the
-            cores (None: ``default_processes``; 1: one after another in this process). Runs
-            are independent, so this changes only how long the evaluation takes and, through
-            the threads per run, the last bits of floating-point sums.
+            cores (None: ``default_processes``; 1: one after another in this process); it
+            changes only the wall time and, through the threads, the last bits of sums.
         log: where progress lines go.
         progress: called with (runs done, runs) after each run.
-        register: register the best BitFit seed as a version of ``bitfit-<task>``, champion
-            where it wins (``bitfit.champion``) or with ``promote``; reproductions do not.
-        selected_on: the split the configs were chosen on (``heldout``, ``dev``; ``given``).
+        register: register the best BitFit seed as a version of ``bitfit-<task>`` (champion
+            where it wins, ``bitfit.champion``, or with ``promote``).
+        selected_on: the split the configs were chosen on (``heldout``, ``dev``; ``given``);
         plots: draw the per-seed and learning-curve plots (a reproduction draws its own).
     """
     if processes is not None and processes < 1:
         raise ValueError(f"processes must be 1 or more, got {processes}")
-    folder = unique_folder(Path(home) / "evaluations", name)  # never another evaluation's
     tracker = or_no_tracker(tracker)
-    experiment_id = tracker.experiment(experiment or data.task.name)
-    parent_id = _evaluation_run(tracker, experiment_id, folder.name, data, configs, seeds)
     jobs = [(label, dataclasses.replace(config, seed=seed, select_best=False))
             for label, config in configs.items() for seed in range(seeds)]
-    runs = _run_jobs(base, data, jobs, tracker=tracker, experiment_id=experiment_id,
+    folder, experiment_id, parent_id, done = _open_evaluation(
+        base, data, configs, jobs, seeds=seeds, home=Path(home), name=name, tracker=tracker,
+        experiment=experiment or data.task.name, log=log)
+    runs = _run_jobs(base, data, jobs, done, tracker=tracker, experiment_id=experiment_id,
                      parent_id=parent_id, folder=folder, device=device, processes=processes,
                      log=log, progress=progress)
     best_run = _best_bitfit(runs, data.task.main_metric)
@@ -124,6 +126,7 @@ def compare(
     if parent_id is not None:
         standing = _standing(runs, data, configs, selected_on, parent_id) if register else None
         comparison = _end_evaluation(tracker, comparison, best_run, standing, promote=promote)
+    finish(folder)
     return comparison
 
 
@@ -144,50 +147,101 @@ def _standing(runs: list[SeedRun], data: TaskData, configs: dict[str, TrainConfi
         "selected_on": selected_on}, evaluation_run_id=parent_id, train_rows=train_rows)
 
 
-def _evaluation_run(tracker: TrackerProtocol, experiment_id: str | None, name: str,
+def _open_evaluation(base: BaseModel, data: TaskData, configs: dict[str, TrainConfig],
+                     jobs: list[tuple[str, TrainConfig]], *, seeds: int, home: Path, name: str,
+                     tracker: TrackerProtocol, experiment: str, log: Callable[[str], None]
+                     ) -> tuple[Path, str | None, str | None, dict[tuple[str, int], SeedRecord]]:
+    """The evaluation's folder, experiment and parent run, and the seeds it has finished: the
+    unfinished folder of the same evaluation goes on, else a new one (never another's)."""
+    opened = open_folder(home / "evaluations", name, identity(base, data, configs, seeds), log)
+    experiment_id = tracker.experiment(experiment)
+    parent_id = _evaluation_run(tracker, experiment_id, opened, data, configs, seeds)
+    done = finished_seeds(opened.folder, jobs)
+    if opened.resumed:
+        log(f"resuming evaluation {opened.folder.name}: {len(done)} of {len(jobs)} seeds done, "
+            f"training {len(jobs) - len(done)}")
+    return opened.folder, experiment_id, parent_id, done
+
+
+def _evaluation_run(tracker: TrackerProtocol, experiment_id: str | None, opened: Opened,
                     data: TaskData, configs: dict[str, TrainConfig], seeds: int) -> str | None:
-    """The evaluation's parent run, with its settings and data."""
-    parent_id = tracker.evaluation_run(experiment_id, name, {
+    """The evaluation's parent run, with its settings and data: the earlier call's when it
+    resumes (``Tracker.evaluation_run``)."""
+    parent_id = tracker.evaluation_run(experiment_id, opened.folder.name, {
         "seeds": seeds, "task": data.task.name, "eval_split": data.selection_split,
         "train_examples": len(data.train),
         **{f"{label}.{k}": v for label, c in configs.items()
-           for k, v in dataclasses.asdict(c).items()}})
-    tracker.log_data(parent_id, data, {"train": "training",
-                                       **{s: "evaluation" for s in data.evals}})
+           for k, v in dataclasses.asdict(c).items()}}, key=opened.run_key,
+        resume=opened.resumed)
+    if not opened.resumed:
+        tracker.log_data(parent_id, data, {"train": "training",
+                                           **{s: "evaluation" for s in data.evals}})
     return parent_id
 
 
-def _run_jobs(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfig]], *,
-              tracker: TrackerProtocol, experiment_id: str | None, parent_id: str | None,
-              folder: Path, device: str, processes: int | None, log: Callable[[str], None],
+def _run_jobs(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfig]],
+              done: dict[tuple[str, int], SeedRecord], *, tracker: TrackerProtocol,
+              experiment_id: str | None, parent_id: str | None, folder: Path, device: str,
+              processes: int | None, log: Callable[[str], None],
               progress: Callable[[int, int], None] | None) -> list[SeedRun]:
-    """Train every (method, seed) job, each recorded as a child run; on any error or
-    interruption the runs not finished and the parent are stopped."""
-    # a run not recorded has the id "" in runs.json
-    run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c) or ""
-               for label, c in jobs]
-    workers = processes if processes is not None else default_processes(device, len(jobs))
+    """Train every (method, seed) job that ``done`` lacks, each recorded as a child run, and
+    read back those it holds; the runs in the jobs' order. On any error or interruption the
+    runs not finished and the parent are stopped."""
+    todo = [(label, c) for label, c in jobs if (label, c.seed) not in done]
+    workers = processes if processes is not None else default_processes(device, len(todo))
     main = data.task.main_metric
-    runs: list[SeedRun] = []
+    finished: dict[tuple[str, int], SeedRun] = {}
+    run_ids: list[str] = []
+    trained, results = 0, None
     try:
-        for (label, config), run_id, (result, seed_run) in zip(
-                jobs, run_ids, _train_all(base, data, jobs, folder, device, workers),
-                strict=True):
-            seed_run = dataclasses.replace(seed_run, run_id=run_id)
-            runs.append(seed_run)
+        # a resumed evaluation's runs: the finished kept, those a killed process left RUNNING
+        # ended, before this call's own start
+        logged = tracker.resume_seed_runs(experiment_id, parent_id)
+        for (label, seed), record in done.items():
+            finished[(label, seed)] = _restored(tracker, experiment_id, parent_id, folder,
+                                                record, logged)
+        # a run not recorded has the id "" in runs.json
+        run_ids = [tracker.seed_run(experiment_id, parent_id, label, c.seed, c) or ""
+                   for label, c in todo]
+        results = _train_all(base, data, todo, run_ids, folder, device, workers)
+        for (label, config), run_id, (result, seed_run) in zip(todo, run_ids, results,
+                                                               strict=True):
+            finished[(label, config.seed)] = seed_run
             if run_id:
-                tracker.end_seed_run(run_id, result, seed_run, seed_run.artifact or None)
-            log(f"final {len(runs)} of {len(jobs)}: {label} seed {config.seed}: dev "
+                tracker.end_seed_run(run_id, result.evaluations, seed_run,
+                                     seed_run.artifact or None)
+            trained += 1  # its run ended
+            log(f"final {len(finished)} of {len(jobs)}: {label} seed {config.seed}: dev "
                 f"{main} {seed_run.metrics[main]:.4f}")
             if progress is not None:
-                progress(len(runs), len(jobs))
+                progress(len(finished), len(jobs))
     except BaseException as err:  # no run is left RUNNING in MLflow
+        if results is not None:  # side-by-side processes stop now, not when it is collected
+            results.close()
         status = "KILLED" if is_interruption(err) else "FAILED"
-        for stopped in [*run_ids[len(runs):], parent_id]:
+        for stopped in [*run_ids[trained:], parent_id]:
             if stopped:
                 tracker.stop_run(stopped, status)
         raise
-    return runs
+    return [finished[(label, c.seed)] for label, c in jobs]
+
+
+def _restored(tracker: TrackerProtocol, experiment_id: str | None, parent_id: str | None,
+              folder: Path, record: SeedRecord, logged: set[str]) -> SeedRun:
+    """A seed an earlier call finished, read back: its child run is kept where it finished
+    under this parent (``logged``), else (the call stopped before recording it) made now from
+    the record."""
+    seed_run = record.run
+    if seed_run.run_id in logged:
+        return seed_run
+    config = TrainConfig(**record.config)
+    run_id = tracker.seed_run(experiment_id, parent_id, seed_run.method, seed_run.seed, config)
+    if not run_id:
+        return seed_run
+    seed_run = dataclasses.replace(seed_run, run_id=run_id)
+    tracker.end_seed_run(run_id, record.evaluations, seed_run, seed_run.artifact or None)
+    dataclasses.replace(record, run=seed_run).save(folder)
+    return seed_run
 
 
 def _best_bitfit(runs: list[SeedRun], main: str) -> SeedRun | None:
@@ -301,26 +355,30 @@ def verdict_markdown(verdict: Verdict, metric: str, majority: float) -> str:
 
 
 def _train_all(base: BaseModel, data: TaskData, jobs: list[tuple[str, TrainConfig]],
-               folder: Path, device: str, processes: int
-               ) -> Iterator[tuple[TrainResult, SeedRun]]:
+               run_ids: list[str], folder: Path, device: str, processes: int
+               ) -> Generator[tuple[TrainResult, SeedRun], None, None]:
     """Each job's result, in the jobs' order."""
     if processes <= 1 or len(jobs) <= 1:
-        for label, config in jobs:
-            yield _train_seed(base, data, label, config, folder, device)
+        for (label, config), run_id in zip(jobs, run_ids, strict=True):
+            yield _train_seed(base, data, label, config, folder, device, run_id)
         return
     yield from in_processes(base, data, processes, [
-        (_worker_job, (label, config, folder, device)) for label, config in jobs])
+        (_worker_job, (label, config, folder, device, run_id))
+        for (label, config), run_id in zip(jobs, run_ids, strict=True)])
 
 
-def _worker_job(label: str, config: TrainConfig, folder: Path, device: str
+def _worker_job(label: str, config: TrainConfig, folder: Path, device: str, run_id: str
                 ) -> tuple[TrainResult, SeedRun]:
-    result, seed_run = _train_seed(*worker_state(), label, config, folder, device)
+    result, seed_run = _train_seed(*worker_state(), label, config, folder, device, run_id)
     # the model and the trained tensors stay here: the artifact is already on disk
     return dataclasses.replace(result, extra={}, trained={}, rand_masks={}), seed_run
 
 
 def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig,
-                folder: Path, device: str) -> tuple[TrainResult, SeedRun]:
+                folder: Path, device: str, run_id: str = "") -> tuple[TrainResult, SeedRun]:
+    """Train one (method, seed), write its artifact and then its record (``resume``): a seed
+    that finished is never trained again, even when this process is stopped before it is
+    reported."""
     task, split = data.task, data.selection_split
     result = train(base, data, config, device=device, progress=False)
     if result.status != "completed":
@@ -332,7 +390,7 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
         result.save(base, task, out, extra={"data": {"max_length": data.max_length}})
         artifact_bytes = (out / TENSORS).stat().st_size
         artifact = str(out)
-    return result, SeedRun(
+    seed_run = SeedRun(
         method=label, seed=config.seed, metrics=result.metrics[split],
         train_metrics=result.train_metrics,
         curve=[e.metrics[split][task.main_metric] for e in result.evaluations],
@@ -342,5 +400,7 @@ def _train_seed(base: BaseModel, data: TaskData, label: str, config: TrainConfig
         # completed: every step ran; a run of max_steps counts its share of an epoch
         time_per_epoch_s=result.train_time_s / epochs_of(config, min(
             config.train_samples or len(data.train), len(data.train))),
-        peak_memory_mb=result.peak_memory_mb, run_id="", artifact=artifact,
+        peak_memory_mb=result.peak_memory_mb, run_id=run_id, artifact=artifact,
         test_metrics=result.metrics.get(TEST_SPLIT, {}))
+    SeedRecord(seed_run, result.evaluations, dataclasses.asdict(config)).save(folder)
+    return result, seed_run

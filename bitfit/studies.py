@@ -12,6 +12,7 @@ import contextlib
 import enum
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from optuna.trial import TrialState
 
 from bitfit import interrupts
 from bitfit.data import TaskData, splits_digest
+from bitfit.methods import known
 from bitfit.services import mask_url
 from bitfit.space import SearchSpace
 from bitfit.trainconfig import TrainConfig
@@ -187,3 +189,54 @@ def trial_start(number: int, params: dict[str, Any]) -> str:
 def _params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in params.items())
+
+
+def study_plots(study) -> list[tuple[str, Any]]:
+    """Optuna's plots that the study's trials allow, as matplotlib figures."""
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as vis
+
+    figures = []
+    with optuna_quiet(optuna.logging.ERROR):  # "no complete trials" is no news here
+        for name, plot in (("optimization_history", vis.plot_optimization_history),
+                           ("intermediate_values", vis.plot_intermediate_values),
+                           ("timeline", vis.plot_timeline),
+                           ("param_importances", vis.plot_param_importances),
+                           ("slice", vis.plot_slice)):
+            try:
+                with warnings.catch_warnings():  # "experimental" and few-trials notices
+                    warnings.simplefilter("ignore")
+                    axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # too few finished trials or parameters for this plot yet
+            figures.append((name, (axes.flat[0] if hasattr(axes, "flat") else axes
+                                   ).get_figure()))
+    points = trade_off(study)
+    if len(points) >= 2:
+        from bitfit.report import plot_pareto
+
+        figures.append(("pareto", plot_pareto(
+            points, ylabel="held-out score (last evaluation)",
+            title="score against trainable parameters; the Pareto front in red")))
+    return figures
+
+
+def trade_off(study) -> list[tuple[str, float, float]]:
+    """The completed trials as (label, trainable parameters, value): the label names the trial
+    and what it trained (its subset)."""
+    import optuna
+
+    points = []
+    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+        if "trainable_params" not in t.user_attrs or t.value is None:
+            continue
+        config = t.user_attrs.get("config") or {}
+        record = known(config.get("method"))
+        what = (config.get("subset", "") if record is not None and record.takes_subset
+                else config.get("method", ""))
+        points.append((f"#{t.number} {what}", float(t.user_attrs["trainable_params"]),
+                       float(t.value)))
+    return points

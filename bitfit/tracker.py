@@ -49,13 +49,15 @@ class TrackerProtocol(Protocol):
 
     def end_study(self, parent_id: Any, study: optuna.Study) -> None: ...
 
-    def evaluation_run(self, experiment_id: Any, name: str,
-                       params: dict[str, Any]) -> str | None: ...
+    def evaluation_run(self, experiment_id: Any, name: str, params: dict[str, Any], *,
+                       key: str, resume: bool = False) -> str | None: ...
+
+    def resume_seed_runs(self, experiment_id: Any, parent_id: Any) -> set[str]: ...
 
     def seed_run(self, experiment_id: Any, parent_id: Any, label: str, seed: int,
                  config: TrainConfig) -> str | None: ...
 
-    def end_seed_run(self, run_id: Any, result: TrainResult, seed_run: Any,
+    def end_seed_run(self, run_id: Any, evaluations: list[Evaluation], seed_run: Any,
                      artifact_dir: str | None) -> None: ...
 
     def end_evaluation(self, parent_id: Any, folder: Path, metrics: dict[str, float],
@@ -102,15 +104,18 @@ class NoTracker:
     def end_study(self, parent_id: str | None, study: optuna.Study) -> None:
         return None
 
-    def evaluation_run(self, experiment_id: str | None, name: str,
-                       params: dict[str, Any]) -> None:
+    def evaluation_run(self, experiment_id: str | None, name: str, params: dict[str, Any], *,
+                       key: str, resume: bool = False) -> None:
         return None
+
+    def resume_seed_runs(self, experiment_id: str | None, parent_id: str | None) -> set[str]:
+        return set()
 
     def seed_run(self, experiment_id: str | None, parent_id: str | None, label: str, seed: int,
                  config: TrainConfig) -> None:
         return None
 
-    def end_seed_run(self, run_id: str | None, result: TrainResult, seed_run: Any,
+    def end_seed_run(self, run_id: str | None, evaluations: list[Evaluation], seed_run: Any,
                      artifact_dir: str | None) -> None:
         return None
 

@@ -18,7 +18,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -29,15 +28,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bitfit.champion import Registration, Standing
-from bitfit.methods import known
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
-from bitfit.studies import optuna_quiet
+from bitfit.studies import study_plots, trade_off
 from bitfit.tracker import NoTracker, TrackerProtocol
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
 __all__ = ["NoTracker", "Tracker", "TrackerProtocol", "default_tracking_uri", "mask_url",
-           "run_url", "ui_command"]
+           "run_url", "trade_off", "ui_command"]
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # runs, not GenAI traces
@@ -265,10 +263,9 @@ class Tracker:
         if complete:
             best = study.best_trial
             _shared(self.client.log_batch, parent_id,
-                                  metrics=[Metric("best_value", best.value, _now_ms(), 0)],
-                                  tags=[RunTag("best_trial", str(best.number))] +
-                                  [RunTag(f"best.{k}", _short(v)) for k, v in
-                                   best.params.items()])
+                    metrics=[Metric("best_value", best.value, _now_ms(), 0)],
+                    tags=[RunTag("best_trial", str(best.number)),
+                          *[RunTag(f"best.{k}", _short(v)) for k, v in best.params.items()]])
             params = ", ".join(f"`{k}` = {v}" for k, v in best.params.items())
             note = (f"**Study `{study.study_name}`**: best value **{best.value:.4f}** "
                     f"(trial {best.number}: {params}) of {len(study.trials)} trials; the "
@@ -281,17 +278,17 @@ class Tracker:
             _shared(self.client.log_artifacts, parent_id, tmp)
         import matplotlib.pyplot as plt
 
-        for name, figure in _plots(study) if self.study_plots else []:
+        for name, figure in study_plots(study) if self.study_plots else []:
             _shared(self.client.log_figure, parent_id, figure, f"plots/{name}.png")
             plt.close(figure)
         _shared(self.client.set_terminated, parent_id, status="FINISHED")
 
-    def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
-        """A parent run for a final evaluation."""
-        run_id = self._run(experiment_id, f"evaluation {name}",
-                           {"bitfit.evaluation": name, "bitfit.kind": "evaluation"})
-        self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
-        return run_id
+    def evaluation_run(self, experiment_id: str, name: str, params: dict[str, Any], *,
+                       key: str, resume: bool = False) -> str:
+        """The parent run of a final evaluation: with ``resume``, the one of that ``key``
+        (running again) when there is one, else a new one with the settings as parameters."""
+        return self._parent(experiment_id, f"evaluation {name}", "evaluation", (
+            "bitfit.evaluation_key", key), params, {"bitfit.evaluation": name}, resume=resume)
 
     def seed_run(self, experiment_id: str, parent_id: str, label: str, seed: int,
                  config: TrainConfig) -> str:
@@ -302,11 +299,11 @@ class Tracker:
                                               asdict(config).items()])
         return run_id
 
-    def end_seed_run(self, run_id: str, result: TrainResult, seed_run: Any,
+    def end_seed_run(self, run_id: str, evaluations: list[Evaluation], seed_run: Any,
                      artifact_dir: str | None) -> None:
         """Per-epoch dev metrics, the final ones, costs, and the artifact of a seed run."""
         now = int(time.time() * 1000)
-        for evaluation in result.evaluations:
+        for evaluation in evaluations:
             self.log_evaluation(run_id, evaluation, now)
         final = {**{f"dev_{k}": v for k, v in seed_run.metrics.items()},
                  **{f"test_{k}": v for k, v in seed_run.test_metrics.items()},
@@ -352,14 +349,23 @@ class Tracker:
     def reproduce_run(self, experiment_id: str, name: str, params: dict[str, Any]) -> str:
         """The parent run of a reproduction: the one of that name when it resumes (running
         again), else a new one with the settings as parameters."""
+        return self._parent(experiment_id, f"reproduce {name}", "reproduce",
+                            ("bitfit.reproduce", name), params)
+
+    def _parent(self, experiment_id: str, run_name: str, kind: str, key: tuple[str, str],
+                params: dict[str, Any], tags: dict[str, str] | None = None, *,
+                resume: bool = True) -> str:
+        """A parent run found by ``key`` (a tag, and the name whose digest it holds): with
+        ``resume`` the earliest one, running again, when there is one; else a new one."""
+        tag, value = key[0], _key(key[1])
         found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`bitfit.reproduce` = '{_key(name)}'",
-            max_results=1, order_by=["attributes.start_time ASC"])
+            [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1,
+            order_by=["attributes.start_time ASC"]) if resume else []
         if found:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-        run_id = self._run(experiment_id, f"reproduce {name}",
-                           {"bitfit.reproduce": _key(name), "bitfit.kind": "reproduce"})
+        run_id = self._run(experiment_id, run_name,
+                           {tag: value, "bitfit.kind": kind, **(tags or {})})
         self.client.log_batch(run_id, params=[Param(k, _short(v)) for k, v in params.items()])
         return run_id
 
@@ -375,61 +381,19 @@ class Tracker:
             self.client.log_artifact(run_id, str(folder / name))
         self.client.set_terminated(run_id, status="FINISHED")
 
+    def resume_seed_runs(self, experiment_id: str, parent_id: str) -> set[str]:
+        """The ids of a resumed final evaluation's finished child runs; those its stopped
+        process left RUNNING (a SIGKILL, a crash) end KILLED."""
+        children = self.child_runs(experiment_id, parent_id)
+        for run in children:
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        return {r.info.run_id for r in children if r.info.status == "FINISHED"}
+
     def child_runs(self, experiment_id: str, parent_id: str) -> list:
         return self.client.search_runs(
             [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
             max_results=10_000)
-
-
-def _plots(study) -> list[tuple[str, Any]]:
-    """Optuna's plots that the study's trials allow, as matplotlib figures."""
-    import matplotlib
-    import optuna
-
-    matplotlib.use("Agg")
-    from optuna.visualization import matplotlib as vis
-
-    figures = []
-    with optuna_quiet(optuna.logging.ERROR):  # "no complete trials" is no news here
-        for name, plot in (("optimization_history", vis.plot_optimization_history),
-                           ("intermediate_values", vis.plot_intermediate_values),
-                           ("timeline", vis.plot_timeline),
-                           ("param_importances", vis.plot_param_importances),
-                           ("slice", vis.plot_slice)):
-            try:
-                with warnings.catch_warnings():  # "experimental" and few-trials notices
-                    warnings.simplefilter("ignore")
-                    axes = plot(study)
-            except (ValueError, RuntimeError, ZeroDivisionError):
-                continue  # too few finished trials or parameters for this plot yet
-            figures.append((name, (axes.flat[0] if hasattr(axes, "flat") else axes
-                                   ).get_figure()))
-    points = trade_off(study)
-    if len(points) >= 2:
-        from bitfit.report import plot_pareto
-
-        figures.append(("pareto", plot_pareto(
-            points, ylabel="held-out score (last evaluation)",
-            title="score against trainable parameters; the Pareto front in red")))
-    return figures
-
-
-def trade_off(study) -> list[tuple[str, float, float]]:
-    """The completed trials as (label, trainable parameters, value): the label names the trial
-    and what it trained (its subset)."""
-    import optuna
-
-    points = []
-    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
-        if "trainable_params" not in t.user_attrs or t.value is None:
-            continue
-        config = t.user_attrs.get("config") or {}
-        record = known(config.get("method"))
-        what = (config.get("subset", "") if record is not None and record.takes_subset
-                else config.get("method", ""))
-        points.append((f"#{t.number} {what}", float(t.user_attrs["trainable_params"]),
-                       float(t.value)))
-    return points
 
 
 def _short(value: Any) -> str:

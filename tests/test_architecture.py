@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"pipeline", "reproduce", "entry"},  # the workflows, and what every command does around them
     {"compare", "study", "studies", "tracking", "registry", "_pyfunc", "pool", "space",
      "space_schema", "export"},
-    {"train", "tracker", "results", "artifacts", "lora", "evaluation", "optim"},
+    {"train", "tracker", "results", "artifacts", "lora", "evaluation", "optim", "resume"},
     {"models", "data", "metrics", "services", "trainconfig", "hardware"},
     {"methods", "biases", "tasks", "settings", "checks", "dropout", "interrupts", "report", "lazy",
      "verdicts", "ttest", "champion", "hf_modeling"},

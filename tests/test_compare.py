@@ -152,3 +152,129 @@ def test_the_verdict_pairs_seeds_and_is_not_testable_below_the_majority_class():
                               "mcc", 0.0)
     assert flat.verdict == "not testable" and "majority class" in flat.note
     assert comparison_verdict(runs("bitfit", bitfit), "mcc", 0.0) is None
+
+
+def _children(tracker, parent_id, status):
+    return sorted((r.data.tags["method"], int(r.data.tags["seed"]))
+                  for r in tracker.client.search_runs(
+                      [tracker.client.get_run(parent_id).info.experiment_id],
+                      filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+                  if r.info.status == status)
+
+
+def test_an_interrupted_evaluation_resumes_with_only_the_seeds_it_lacked(base, cola_small,
+                                                                        tmp_path, monkeypatch):
+    import bitfit.compare as compare_module
+    from bitfit.resume import finished_seeds
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", home=tmp_path)
+    short = TrainConfig(max_steps=2, batch_size=8, train_eval_samples=0)  # seconds a seed
+    configs = {"bitfit": dataclasses.replace(short, subset="qm2", learning_rate=5e-3),
+               "full": dataclasses.replace(short, method="full", learning_rate=5e-5)}
+    trained, lines = [], []
+    real_train, real_end = compare_module._train_seed, Tracker.end_seed_run
+
+    def counted(base, data, label, config, *args):
+        if (label, config.learning_rate) == ("bitfit", 1e-3):  # the changed config's first
+            raise KeyboardInterrupt
+        trained.append((label, config.seed))
+        return real_train(base, data, label, config, *args)
+
+    def cut_after_one(self, *args):  # Ctrl-C once the 2nd seed finished, before MLflow heard
+        if len(trained) == 2:
+            raise KeyboardInterrupt
+        real_end(self, *args)
+
+    monkeypatch.setattr(compare_module, "_train_seed", counted)
+    monkeypatch.setattr(Tracker, "end_seed_run", cut_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        compare(base, cola_small, configs, seeds=2, home=tmp_path, name="t", tracker=tracker,
+                processes=1, log=lines.append)
+    monkeypatch.setattr(Tracker, "end_seed_run", real_end)
+    assert trained == [("bitfit", 0), ("bitfit", 1)]
+    folder = tmp_path / "evaluations" / "t"
+    first = {key: r.run for key, r in finished_seeds(folder, [
+        ("bitfit", dataclasses.replace(configs["bitfit"], seed=s, select_best=False))
+        for s in (0, 1)]).items()}
+    assert list(first) == [("bitfit", 0), ("bitfit", 1)]
+    # another learning rate under the same name: a folder of its own, said in a line
+    changed = {**configs, "bitfit": dataclasses.replace(configs["bitfit"], learning_rate=1e-3)}
+    with pytest.raises(KeyboardInterrupt):
+        compare(base, cola_small, changed, seeds=2, home=tmp_path, name="t", tracker=tracker,
+                processes=1, log=lines.append)
+    assert lines[-1] == (f"evaluation t: {folder} was started with other settings "
+                         "(bitfit.learning_rate 0.005 -> 0.001), so it is not resumed: "
+                         f"starting {folder}-2")
+    trained.clear()
+    parent = tracker.client.search_runs(
+        [tracker.experiment("cola")], filter_string="tags.`bitfit.evaluation` = 't'")[-1]
+    left = [r for r in tracker.child_runs(parent.info.experiment_id, parent.info.run_id)
+            if r.data.tags["method"] == "full"][0]
+    tracker.client.update_run(left.info.run_id, status="RUNNING")  # as a SIGKILL leaves it
+
+    comparison = compare(base, cola_small, configs, seeds=2, home=tmp_path, name="t",
+                         tracker=tracker, processes=1, log=lines.append)
+
+    assert trained == [("full", 0), ("full", 1)]  # exactly the seeds it lacked
+    assert "resuming evaluation t: 2 of 4 seeds done, training 2" in lines
+    assert comparison.folder == folder
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["t", "t-2"]
+    assert [(r.method, r.seed) for r in comparison.runs] == [
+        ("bitfit", 0), ("bitfit", 1), ("full", 0), ("full", 1)]
+    assert [r.metrics for r in comparison.runs[:2]] == [r.metrics for r in first.values()]
+    assert "| bitfit | 2 |" in comparison.markdown and "| full | 2 |" in comparison.markdown
+    assert comparison.verdict is not None
+    parents = tracker.client.search_runs([comparison.experiment_id],
+                                         filter_string="tags.`bitfit.kind` = 'evaluation'")
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]  # t and t-2
+    assert comparison.parent_run_id == parent.info.run_id
+    assert tracker.client.get_run(comparison.parent_run_id).info.status == "FINISHED"
+    assert _children(tracker, comparison.parent_run_id, "FINISHED") == [
+        ("bitfit", 0), ("bitfit", 1), ("full", 0), ("full", 1)]
+    assert _children(tracker, comparison.parent_run_id, "RUNNING") == []
+    # bitfit seed 1 finished but its run was cut before MLflow heard: made from its record
+    assert _children(tracker, comparison.parent_run_id, "KILLED") == [
+        ("bitfit", 1), ("full", 0), ("full", 1)]
+    restored = tracker.client.get_run(comparison.runs[1].run_id)
+    assert restored.data.metrics["dev_mcc"] == comparison.runs[1].metrics["mcc"]
+    assert [m.value for m in tracker.client.get_metric_history(
+        restored.info.run_id, "validation_mcc")] == comparison.runs[1].curve
+    best = max(comparison.runs[:2], key=lambda r: r.metrics["mcc"])
+    version = tracker.client.get_model_version_by_alias("bitfit-cola", "champion")
+    assert version.run_id == best.run_id
+
+
+@pytest.mark.slow
+def test_side_by_side_processes_resume_from_the_records_their_seeds_wrote(base, cola_small,
+                                                                         tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", home=tmp_path)
+    configs = {"bitfit": TrainConfig(subset="qm2", max_steps=2, batch_size=8,
+                                     train_eval_samples=0, learning_rate=5e-3)}
+    lines: list[str] = []
+
+    def stop(done, total):  # Ctrl-C once the first seed is reported; the other may be done
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(base, cola_small, configs, seeds=3, home=tmp_path, name="p", tracker=tracker,
+                processes=2, log=lines.append, progress=stop)
+    folder = tmp_path / "evaluations" / "p"
+    records = sorted((folder / "seeds").glob("*.json"))
+    tensors = {p.stem: (folder / p.stem / TENSORS).stat().st_mtime_ns for p in records}
+    assert 1 <= len(records) <= 2, [p.name for p in records]
+    lines.clear()
+
+    comparison = compare(base, cola_small, configs, seeds=3, home=tmp_path, name="p",
+                         tracker=tracker, processes=2, log=lines.append)
+
+    assert lines[0] == (f"resuming evaluation p: {len(records)} of 3 seeds done, training "
+                        f"{3 - len(records)}")
+    assert len([line for line in lines if line.startswith("final ")]) == 3 - len(records)
+    for stem, stamp in tensors.items():  # read back, not trained again
+        assert (folder / stem / TENSORS).stat().st_mtime_ns == stamp
+    assert comparison.folder == folder and [p.name for p in folder.parent.iterdir()] == ["p"]
+    assert [r.seed for r in comparison.runs] == [0, 1, 2]
+    assert "| bitfit | 3 |" in comparison.markdown
+    assert _children(tracker, comparison.parent_run_id, "FINISHED") == [
+        ("bitfit", 0), ("bitfit", 1), ("bitfit", 2)]
+    assert tracker.client.get_run(comparison.parent_run_id).info.status == "FINISHED"
