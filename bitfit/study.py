@@ -180,7 +180,7 @@ def run_study(
         home: the run home (artifacts are staged there before MLflow takes them).
         n_trials: the study's total budget; the space's ``n_trials`` when None.
         tracker: a ``tracking.Tracker`` to record runs in MLflow; None records nothing.
-        experiment: MLflow experiment name (default: the task's name).
+        experiment: MLflow experiment (default: ``tracker.task_experiment``: bitfit-<task>).
         run_params: extra parameters for the parent run (data settings, model).
         device: training device.
         log: where progress lines go.
@@ -199,7 +199,7 @@ def run_study(
     metric = _objective_metric(space, data)
     study = _open(space, data, metric, storage=storage, study_name=study_name)
     tracker = or_no_tracker(tracker)
-    experiment_id = tracker.experiment(experiment or data.task.name)
+    experiment_id = tracker.experiment(experiment or tracker.task_experiment(data.task.name))
     parent_id = _study_run(tracker, experiment_id, study, space, data, metric=metric,
                            budget=budget, storage=storage, run_params=run_params)
     trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,

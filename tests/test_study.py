@@ -106,6 +106,20 @@ def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search,
     assert more.study.trials[2].params not in first_params  # a resumed sampler draws anew
     assert first.parent_run_id == more.parent_run_id
     assert len(tracker.child_runs(more.experiment_id, more.parent_run_id)) == 3
+    assert tracker.client.get_experiment(more.experiment_id).name == "bitfit-cola"  # a new home
+
+
+@pytest.mark.slow
+def test_a_study_of_a_home_from_before_bitfit_task_resumes_in_its_old_experiment(
+        base, cola_search, tmp_path):
+    # the home as bitfit left it when a task's experiment was the bare task's name
+    first, _ = _run(base, cola_search, load_space(TINY), tmp_path, "old", 1, experiment="cola")
+    more, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "old", 2)
+
+    assert more.ran == 1 and more.parent_run_id == first.parent_run_id
+    assert tracker.client.get_experiment(more.experiment_id).name == "cola"
+    assert len(tracker.child_runs(more.experiment_id, more.parent_run_id)) == 2
+    assert tracker.client.get_experiment_by_name("bitfit-cola") is None
 
 
 @pytest.mark.slow
