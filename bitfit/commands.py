@@ -203,7 +203,9 @@ ARGUMENTS = {"search": search_arguments, "evaluate": evaluate_arguments,
 
 def parser(command: str, doc: str) -> argparse.ArgumentParser:
     """The parser of ``python flows/<command>.py``, described by the first line of ``doc``."""
-    made = argparse.ArgumentParser(description=doc.splitlines()[0])
+    from bitfit.flags import Parser
+
+    made = Parser(description=doc.splitlines()[0])
     ARGUMENTS[command](made)
     return made
 
