@@ -63,3 +63,26 @@ def test_the_pipeline_names_the_experiment_once_and_says_when_it_keeps_an_old_on
     assert len(said) == 1 and "experiment 'wnli'" in said[0] and "--experiment" in said[0]
     chosen = dataclasses.replace(config, experiment="mine")
     assert named_experiment(chosen, said.append).experiment == "mine" and len(said) == 1
+
+
+@pytest.mark.parametrize(("uri", "served"), [
+    ("sqlite:///runs/mlflow.db", "http://127.0.0.1:5000"),  # where `mlflow ui ...` serves it
+    ("https://me:secret@mlflow.example.org/", "https://me:***@mlflow.example.org"),
+])
+def test_the_printout_links_the_experiments_runs_page_after_the_ui_command(tmp_path, uri,
+                                                                           served):
+    from types import SimpleNamespace
+
+    import optuna
+
+    from bitfit.pipeline import RunSummary, study_summary
+
+    data = SimpleNamespace(task=SimpleNamespace(name="cola", main_metric="mcc"),
+                           selection_split="heldout")
+    summary = study_summary(optuna.create_study(), "7", 0, data, storage="sqlite://",
+                            tracking_uri=uri, home=str(tmp_path))
+    lines = RunSummary(summary).lines()
+    see = next(i for i, line in enumerate(lines) if line.startswith("see it: "))
+
+    assert lines[see + 1] == f"its runs: {served}/#/experiments/7/runs"
+    assert "secret" not in "\n".join(lines)

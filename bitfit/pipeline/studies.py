@@ -171,7 +171,7 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
     from optuna.trial import TrialState
 
     from bitfit.report import pareto_front
-    from bitfit.tracking import trade_off, ui_command
+    from bitfit.tracking import run_url, trade_off, ui_command
 
     best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
     points = trade_off(study)
@@ -191,4 +191,5 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
         best_params=None if best is None else best.params,
         best_trial=None if best is None else best.number,
         mlflow_ui=ui_command(tracking_uri, home),
+        mlflow_runs=run_url(tracking_uri, experiment_id, None) if experiment_id else "",
         trial_table=table, pareto=sorted(front, key=lambda p: p["trainable_params"]))
