@@ -28,7 +28,7 @@ from bitfit.models import BaseModel
 from bitfit.services import store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
 from bitfit.space import SearchSpace
-from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity,
+from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity, describe,
                             optuna_quiet, reason_of, study_identity, trial_report,
                             trial_start)
 from bitfit.studies import counted as _counted
@@ -223,11 +223,11 @@ def _objective_metric(space: SearchSpace, data: TaskData) -> str:
 
 def _open(space: SearchSpace, data: TaskData, metric: str, *, storage: str,
           study_name: str) -> optuna.Study:
-    """Open the study, and record on it the split its trials are judged on."""
+    """Open the study, and record on it its metric's name and the split its trials are judged
+    on (``studies.describe``)."""
     study = open_study(space, storage=storage, study_name=study_name,
                        identity=study_identity(space, data, metric))
-    study.set_user_attr("selection_split", data.selection_split)
-    study.set_user_attr("selection_examples", len(data.evals[data.selection_split]))
+    describe(study, data, metric)
     return study
 
 
