@@ -98,8 +98,7 @@ def compare(
             seeds it lacks training (``bitfit.resume``); a finished one is kept.
         name: the evaluation's name.
         tracker: a ``tracking.Tracker``; None records nothing.
-        experiment: MLflow experiment (default: ``tracker.task_experiment``: bitfit-<task>).
-        device: training device.
+        experiment: MLflow experiment (default: bitfit-<task>); device: training device.
         processes: runs trained at once, each in its own process with an equal share of the
             cores (None: ``default_processes``; 1: one after another in this process); it
             changes only the wall time and, through the threads, the last bits of sums.
