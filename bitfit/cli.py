@@ -41,8 +41,9 @@ _HELP = {"search": "the whole pipeline: BitFit study, full fine-tuning study, fi
 
 def _parser() -> argparse.ArgumentParser:
     from bitfit.commands import ARGUMENTS
+    from bitfit.flags import Parser
 
-    parser = argparse.ArgumentParser(prog="bitfit", description=__doc__.splitlines()[0])
+    parser = Parser(prog="bitfit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in _HELP.items():
         ARGUMENTS[name](commands.add_parser(name, help=text))

@@ -61,11 +61,15 @@ def config(args: argparse.Namespace) -> Config:
     return Config.of(fields)
 
 
-def _stores(parser: argparse.ArgumentParser) -> None:
+def _stores(parser: argparse.ArgumentParser, experiment: str | None = None) -> None:
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: "
                         "$BITFIT_OPTUNA_STORAGE, else sqlite:///<home>/optuna.db)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: "
                         "$MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db)")
+    default = experiment or ("bitfit-<task>; a store whose experiment <task> holds bitfit "
+                             "runs already keeps using it")
+    parser.add_argument("--experiment", default=experiment,
+                        help=f"the MLflow experiment (default: {default})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -186,10 +190,9 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         "gains on it)")
     parser.add_argument("--name", default=None, help="the reproduction's name: the same name "
                         "resumes it (default: from the model, budget and settings)")
-    parser.add_argument("--experiment", default=EXPERIMENT, help="the MLflow experiment")
     parser.add_argument("--home", default=str(home_dir()), help="run home (default: "
                         "$BITFIT_HOME, else ./runs)")
-    _stores(parser)
+    _stores(parser, EXPERIMENT)
     own_data_arguments(parser, test_help=None)
 
 
@@ -200,7 +203,9 @@ ARGUMENTS = {"search": search_arguments, "evaluate": evaluate_arguments,
 
 def parser(command: str, doc: str) -> argparse.ArgumentParser:
     """The parser of ``python flows/<command>.py``, described by the first line of ``doc``."""
-    made = argparse.ArgumentParser(description=doc.splitlines()[0])
+    from bitfit.flags import Parser
+
+    made = Parser(description=doc.splitlines()[0])
     ARGUMENTS[command](made)
     return made
 

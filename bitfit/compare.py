@@ -98,7 +98,7 @@ def compare(
             seeds it lacks training (``bitfit.resume``); a finished one is kept.
         name: the evaluation's name.
         tracker: a ``tracking.Tracker``; None records nothing.
-        experiment: MLflow experiment (default: the task's name). device: training device.
+        experiment: MLflow experiment (default: bitfit-<task>); device: training device.
         processes: runs trained at once, each in its own process with an equal share of the
             cores (None: ``default_processes``; 1: one after another in this process); it
             changes only the wall time and, through the threads, the last bits of sums.
@@ -116,7 +116,7 @@ def compare(
             for label, config in configs.items() for seed in range(seeds)]
     folder, experiment_id, parent_id, done = _open_evaluation(
         base, data, configs, jobs, seeds=seeds, home=Path(home), name=name, tracker=tracker,
-        experiment=experiment or data.task.name, log=log)
+        experiment=experiment or tracker.task_experiment(data.task.name), log=log)
     runs = _run_jobs(base, data, jobs, done, tracker=tracker, experiment_id=experiment_id,
                      parent_id=parent_id, folder=folder, device=device, processes=processes,
                      log=log, progress=progress)

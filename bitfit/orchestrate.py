@@ -252,4 +252,4 @@ def on_workers(config: pipeline.Config, data: TaskData) -> pipeline.StudySummary
 WORKER_PARAMETERS = ("task", "data_dir", "train_file", "dev_file", "text_columns",
                      "label_column", "regression", "columns", "max_train_samples", "max_length",
                      "model", "pooling", "device", "threads", "space", "n_trials", "select_on",
-                     "study_name", "storage", "tracking_uri", "home")
+                     "study_name", "storage", "tracking_uri", "home", "experiment")

@@ -28,8 +28,8 @@ from bitfit.space import SearchSpace
 from bitfit.trainconfig import TrainConfig
 
 __all__ = ["FINISHED", "IDENTITY_LABELS", "FailReason", "StudyMismatch", "StudyOutcome",
-           "best_config", "check_identity", "counted", "reason_of", "study_identity",
-           "trial_report"]
+           "best_config", "check_identity", "counted", "describe", "reason_of",
+           "study_identity", "trial_report"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -137,6 +137,17 @@ def trial_report(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, metric
                 f"{_params_text(study.best_trial.params)})")
     return done, (f"trial {done} of {budget}: #{trial.number} {trial.state.name}{value}{reason} "
                   f"({_params_text(trial.params)}){best}")
+
+
+def describe(study: optuna.Study, data: TaskData, metric: str) -> None:
+    """Record on a study what its values are: the objective metric's name (Optuna's plots and
+    trials table and optuna-dashboard show it instead of "value"; a study from before it gets
+    it when it resumes) and the split its trials are judged on, with its size."""
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
+    study.set_user_attr("selection_split", data.selection_split)
+    study.set_user_attr("selection_examples", len(data.evals[data.selection_split]))
 
 
 def best_config(storage: str, study_name: str, *, method: str | None = None,

@@ -28,7 +28,7 @@ from bitfit.models import BaseModel
 from bitfit.services import store_lock
 from bitfit.settings import GRACE_ENV, STORAGE_ENV, default_storage
 from bitfit.space import SearchSpace
-from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity,
+from bitfit.studies import (FailReason, StudyMismatch, StudyOutcome, check_identity, describe,
                             optuna_quiet, reason_of, study_identity, trial_report,
                             trial_start)
 from bitfit.studies import counted as _counted
@@ -180,7 +180,7 @@ def run_study(
         home: the run home (artifacts are staged there before MLflow takes them).
         n_trials: the study's total budget; the space's ``n_trials`` when None.
         tracker: a ``tracking.Tracker`` to record runs in MLflow; None records nothing.
-        experiment: MLflow experiment name (default: the task's name).
+        experiment: MLflow experiment (default: ``tracker.task_experiment``: bitfit-<task>).
         run_params: extra parameters for the parent run (data settings, model).
         device: training device.
         log: where progress lines go.
@@ -199,7 +199,7 @@ def run_study(
     metric = _objective_metric(space, data)
     study = _open(space, data, metric, storage=storage, study_name=study_name)
     tracker = or_no_tracker(tracker)
-    experiment_id = tracker.experiment(experiment or data.task.name)
+    experiment_id = tracker.experiment(experiment or tracker.task_experiment(data.task.name))
     parent_id = _study_run(tracker, experiment_id, study, space, data, metric=metric,
                            budget=budget, storage=storage, run_params=run_params)
     trial_run = _TrialRunner(base, data, space, metric=metric, budget=budget, study=study,
@@ -223,11 +223,11 @@ def _objective_metric(space: SearchSpace, data: TaskData) -> str:
 
 def _open(space: SearchSpace, data: TaskData, metric: str, *, storage: str,
           study_name: str) -> optuna.Study:
-    """Open the study, and record on it the split its trials are judged on."""
+    """Open the study, and record on it its metric's name and the split its trials are judged
+    on (``studies.describe``)."""
     study = open_study(space, storage=storage, study_name=study_name,
                        identity=study_identity(space, data, metric))
-    study.set_user_attr("selection_split", data.selection_split)
-    study.set_user_attr("selection_examples", len(data.evals[data.selection_split]))
+    describe(study, data, metric)
     return study
 
 

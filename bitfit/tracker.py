@@ -18,7 +18,13 @@ from bitfit.trainconfig import TrainConfig
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["NoTracker", "TrackerProtocol", "or_no_tracker"]
+__all__ = ["NoTracker", "TrackerProtocol", "experiment_name", "or_no_tracker"]
+
+
+def experiment_name(task: str) -> str:
+    """The MLflow experiment a task's runs go to by default: ``bitfit-<task>``, so that they
+    share no experiment with another project's ``<task>`` on a shared tracking server."""
+    return f"bitfit-{task}"
 
 
 class TrackerProtocol(Protocol):
@@ -28,6 +34,8 @@ class TrackerProtocol(Protocol):
     """
 
     def experiment(self, name: str) -> str | None: ...
+
+    def task_experiment(self, task: str) -> str: ...
 
     def log_data(self, run_id: Any, data: Any, splits: dict[str, str]) -> None: ...
 
@@ -74,6 +82,9 @@ class NoTracker:
 
     def experiment(self, name: str) -> None:
         return None
+
+    def task_experiment(self, task: str) -> str:
+        return experiment_name(task)
 
     def log_data(self, run_id: str | None, data: Any, splits: dict[str, str]) -> None:
         return None

@@ -1,14 +1,16 @@
 """MLflow: the record people browse. The only module that imports mlflow.
 
-Layout: an experiment per task; a parent run per study (tag ``bitfit.study``), a nested child run
-per trial with the resolved parameters, the metrics of every evaluation (with step), tags for the
-trial number, state and method, and the bias artifact. The parent holds the best value and
-parameters (also as its description), Optuna's plots and the table of all trials (CSV, which the
-UI shows, and Parquet). Every run carries the user, source and git-commit tags and its data as
-inputs (with the digest of the tokenised split). A final evaluation's parent has the report as
-its description, and its best BitFit seed is registered as a version of the model
-``bitfit-<task>``, which becomes ``champion`` where it beats the champion (``bitfit.registry``).
-Runs are addressed by id through ``MlflowClient``, so nothing depends on a global active run.
+Layout: an experiment per task, ``bitfit-<task>`` (a store whose bare ``<task>`` experiment
+already holds bitfit's runs keeps using that one: ``Tracker.task_experiment``); a parent run per
+study (tag ``bitfit.study``), a nested child run per trial with the resolved parameters, the
+metrics of every evaluation (with step), tags for the trial number, state and method, and the
+bias artifact. The parent holds the best value and parameters (also as its description), Optuna's
+plots and the table of all trials (CSV, which the UI shows, and Parquet). Every run carries the
+user, source and git-commit tags and its data as inputs (with the digest of the tokenised split).
+A final evaluation's parent has the report as its description, and its best BitFit seed is
+registered as a version of the model ``bitfit-<task>``, which becomes ``champion`` where it beats
+the champion (``bitfit.registry``). Runs are addressed by id through ``MlflowClient``, so nothing
+depends on a global active run.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from bitfit.champion import Registration, Standing
 from bitfit.services import mask_url, store_lock
 from bitfit.settings import default_tracking_uri
 from bitfit.studies import study_plots, trade_off
-from bitfit.tracker import NoTracker, TrackerProtocol
+from bitfit.tracker import NoTracker, TrackerProtocol, experiment_name
 from bitfit.train import Evaluation, TrainConfig, TrainResult
 
-__all__ = ["NoTracker", "Tracker", "TrackerProtocol", "default_tracking_uri", "mask_url",
-           "run_url", "trade_off", "ui_command"]
+__all__ = ["NoTracker", "Tracker", "TrackerProtocol", "default_tracking_uri", "experiment_name",
+           "mask_url", "run_url", "trade_off", "ui_command"]
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # runs, not GenAI traces
@@ -166,6 +168,22 @@ class Tracker:
             if again is None:
                 raise
             return again.experiment_id
+
+    def task_experiment(self, task: str) -> str:
+        """The name of the experiment a task's runs go to: ``bitfit-<task>``, except in a store
+        from before that name, whose experiment ``<task>`` holds bitfit's runs (a study's or an
+        evaluation's parent) while ``bitfit-<task>`` does not exist: its runs stay together
+        there, so a study resumes under its parent run."""
+        name = experiment_name(task)
+        if self.client.get_experiment_by_name(name) is not None:
+            return name
+        old = self.client.get_experiment_by_name(task)
+        if old is None or old.lifecycle_stage != "active":
+            return name
+        ours = any(self.client.search_runs([old.experiment_id], max_results=1,
+                                           filter_string=f"tags.`{tag}` LIKE '%'")
+                   for tag in (STUDY_TAG, "bitfit.evaluation"))
+        return task if ours else name
 
     def study_run(self, experiment_id: str, study_name: str, params: dict[str, Any]) -> str:
         """The parent run of a study: the existing one when the study resumes, else a new one.

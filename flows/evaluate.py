@@ -39,7 +39,7 @@ def evaluate(bitfit_study: str = "cola-bitfit", full_study: str | None = None,
              seeds: int = 5, extra_methods: tuple[ExtraMethod, ...] = (),
              eval_processes: int | None = None, promote: bool = False,
              storage: str | None = None, tracking_uri: str | None = None,
-             home: str | None = None) -> dict:
+             home: str | None = None, experiment: str | None = None) -> dict:
     """Best configs -> S seeds each on the whole training split -> comparison on dev (and on
     the test file). ``eval_processes``: runs trained at once (default: one per core on a CPU,
     up to 4; 1: one after another). ``promote``: the registered version is champion even where

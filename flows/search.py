@@ -46,7 +46,7 @@ def study(task: str = "cola", data_dir: str | None = None, train_file: str | Non
           threads: int | None = None, space: str = "bitfit", n_trials: int | None = None,
           select_on: SelectOn = "heldout", study_name: str | None = None,
           storage: str | None = None, tracking_uri: str | None = None,
-          home: str | None = None, worker: int = 0) -> dict:
+          home: str | None = None, experiment: str | None = None, worker: int = 0) -> dict:
     """One worker of a study: load the model once, then run trials until the study's budget
     is spent, together with every other worker on the same storage. ``worker`` is its index:
     with the device ``auto`` it trains on GPU ``worker`` mod the GPUs its machine has."""
@@ -72,7 +72,7 @@ def search(task: str = "cola", data_dir: str | None = None, train_file: str | No
            extra_methods: tuple[ExtraMethod, ...] = (), eval_processes: int | None = None,
            trial_processes: int | None = None, promote: bool = False,
            storage: str | None = None, tracking_uri: str | None = None,
-           home: str | None = None) -> dict:
+           home: str | None = None, experiment: str | None = None) -> dict:
     """Prepare -> BitFit study -> full fine-tuning study -> final evaluation -> report.
 
     The parameters are ``bitfit.pipeline.Config``'s (``python flows/search.py --help``). With

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "bitfit"
 # from the layers below it, never from one above. A package (bitfit/data/) is one module here.
 LAYERS: list[set[str]] = [
     {"__init__", "__main__", "cli"},  # the command line
-    {"commands", "orchestrate"},  # the commands and the Prefect flows' bodies
+    {"commands", "orchestrate", "flags"},  # the commands, the Prefect flows' bodies, the flags
     {"pipeline", "reproduce", "entry"},  # the workflows, and what every command does around them
     {"compare", "study", "studies", "tracking", "registry", "_pyfunc", "pool", "space",
      "space_schema", "export"},

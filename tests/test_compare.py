@@ -207,7 +207,7 @@ def test_an_interrupted_evaluation_resumes_with_only_the_seeds_it_lacked(base, c
                          f"starting {folder}-2")
     trained.clear()
     parent = tracker.client.search_runs(
-        [tracker.experiment("cola")], filter_string="tags.`bitfit.evaluation` = 't'")[-1]
+        [tracker.experiment("bitfit-cola")], filter_string="tags.`bitfit.evaluation` = 't'")[-1]
     left = [r for r in tracker.child_runs(parent.info.experiment_id, parent.info.run_id)
             if r.data.tags["method"] == "full"][0]
     tracker.client.update_run(left.info.run_id, status="RUNNING")  # as a SIGKILL leaves it

@@ -54,8 +54,43 @@ def test_an_unreachable_hub_says_to_use_data_dir(monkeypatch):
 
     monkeypatch.delenv("BITFIT_GLUE_DIR", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataSourceError, match=r"nyu-mll/glue.*Pass --data-dir DIR"):
+    with pytest.raises(DataSourceError, match=r"nyu-mll/glue.*\): pass --data-dir DIR"):
         load_splits(load_task("rte"))
+
+
+def test_an_unset_or_empty_glue_dir_means_the_hub_and_a_folder_with_files_is_read(tmp_path,
+                                                                                  monkeypatch):
+    from bitfit.data import glue_folder
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full" / "RTE").mkdir(parents=True)
+    monkeypatch.delenv("BITFIT_GLUE_DIR", raising=False)
+    assert glue_folder() is None
+    for value, expected in [("", None), (str(tmp_path / "empty"), None),
+                            (str(tmp_path / "full"), tmp_path / "full"),
+                            (str(tmp_path / "missing"), tmp_path / "missing")]:  # an error later
+        monkeypatch.setenv("BITFIT_GLUE_DIR", value)
+        assert glue_folder() == expected, value
+    assert glue_folder(tmp_path / "empty") == tmp_path / "empty"  # --data-dir is what it says
+
+
+def test_an_empty_glue_dir_says_it_reads_the_hub_and_an_unreachable_one_fails_in_a_sentence(
+        tmp_path, monkeypatch, capsys):
+    """The container stack's workers without local data: an empty folder at $BITFIT_GLUE_DIR."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("BITFIT_GLUE_DIR", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network
+    with pytest.raises(DataSourceError) as raised:
+        load_splits(load_task("cola"))
+
+    assert capsys.readouterr().err == (f"$BITFIT_GLUE_DIR {tmp_path} is an empty folder: "
+                                       "reading GLUE task cola from the Hugging Face Hub "
+                                       "(nyu-mll/glue)\n")
+    sentence = str(raised.value)
+    assert sentence.startswith("could not load GLUE task 'cola' from the Hugging Face Hub")
+    assert sentence.endswith("(CoLA/train.tsv, CoLA/dev.tsv)") and "\n" not in sentence
+    assert sentence.count(". ") == 0  # one sentence
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", ".parquet"])

@@ -122,7 +122,7 @@ def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_i
     study = optuna.load_study(study_name="cut", storage=storage)
     assert len([t for t in study.trials if t.state in FINISHED]) == 2  # the budget is kept
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("cola").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("bitfit-cola").experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     for cut in (termed[0], killed[0]):
         _assert_retried(study, runs, cut)
@@ -149,7 +149,7 @@ def test_three_processes_on_one_new_home_share_a_study_without_repeating_draws(g
     other = optuna.load_study(study_name="other", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len([t for t in other.trials if t.state in FINISHED]) == 1
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    parents = client.search_runs([client.get_experiment_by_name("cola").experiment_id],
+    parents = client.search_runs([client.get_experiment_by_name("bitfit-cola").experiment_id],
                                  filter_string="tags.`bitfit.kind` = 'search'")
     assert sorted(r.data.tags["bitfit.study"] for r in parents) == ["other", "shared"]
 

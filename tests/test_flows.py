@@ -30,12 +30,16 @@ def test_the_pipeline_runs_both_studies_and_the_final_evaluation(glue_dir, tmp_p
     assert summary["selection_split"] == "heldout" and summary["best_params"]
     ui = f"mlflow ui --backend-store-uri {summary['tracking_uri']}"
     assert summary["mlflow_ui"].startswith(ui)
+    # the experiment's runs page where that command serves the store, not its GenAI overview
+    assert summary["mlflow_runs"] == (f"http://127.0.0.1:5000/#/experiments/"
+                                      f"{summary['experiment_id']}/runs")
     assert "trial 2 of 2" in out.stderr
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     children = client.search_runs(
         [summary["experiment_id"]],
         filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_parent_run_id']}'")
     assert len(children) == 2
+    assert client.get_experiment(summary["experiment_id"]).name == "bitfit-cola"
     assert summary["baseline"]["study_name"] == "cola-tiny-n200-tiny_full"
     assert summary["baseline"]["trials"] == 2
     evaluation = summary["evaluation"]

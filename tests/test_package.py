@@ -88,6 +88,11 @@ def test_the_wheel_ships_the_spaces_and_declares_what_bitfit_imports(wheel: Path
         files = whl.namelist()
         (meta,) = (n for n in files if n.endswith(".dist-info/METADATA"))
         metadata = email.message_from_bytes(whl.read(meta))
+        licence = whl.read(next(n for n in files if n.endswith(".dist-info/licenses/LICENSE")))
+
+    # the package's licence, whole: Apache-2.0's terms and its appendix
+    assert metadata["License-Expression"] == "Apache-2.0"
+    assert b"Version 2.0, January 2004" in licence and b"END OF TERMS AND CONDITIONS" in licence
 
     shipped = sorted(n.removeprefix("bitfit/search_spaces/") for n in files
                      if n.startswith("bitfit/search_spaces/"))

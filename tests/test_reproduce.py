@@ -101,6 +101,14 @@ def test_every_run_is_under_one_parent_and_each_cell_has_its_seeds(tiny_run):
     assert {"report.md", "main_table.csv", "claims.csv", "size_curve.png",
             "bias_heatmap.png", "pareto.png", "pareto.csv", "term_ablation.csv"} <= artifacts
     assert summary["prefect_flow_run"]["id"]  # the report went to the Prefect run too
+    # each grid study names its metric for Optuna's plots and optuna-dashboard
+    import optuna
+
+    storage = f"sqlite:///{summary['home']}/optuna.db"
+    studies = [optuna.load_study(study_name=s.study_name, storage=storage)
+               for s in optuna.get_all_study_summaries(storage)]
+    assert studies and all(s.metric_names == [METRIC[s.user_attrs["identity"]["task"]]]
+                           for s in studies)
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ COMMANDS = [["-m", "bitfit", "--help"], ["-m", "bitfit", "train", "--help"],
             ["-m", "bitfit", "export", "--help"],
             ["-m", "bitfit", "search", "--n-trials", "many"],
             *[[f"flows/{f}.py", "--help"] for f in ("search", "evaluate", "prepare", "reproduce")],
-            ["flows/search.py", "--bogus"]]
+            ["flows/search.py", "--bogus"], ["-m", "bitfit", "--version"],
+            ["flows/search.py", "--version"]]
 
 
 def _imported(argv: list[str]) -> tuple[int, set[str]]:
@@ -32,9 +33,20 @@ def _imported(argv: list[str]) -> tuple[int, set[str]]:
 def test_help_and_a_mistake_are_answered_without_the_heavy_libraries(argv):
     code, names = _imported(argv)
 
-    assert code == (0 if "--help" in argv else 2)
+    assert code == (0 if {"--help", "--version"} & set(argv) else 2)
     assert "bitfit" in names  # what was imported was read: the check below is not empty
     assert not names & set(HEAVY), f"{' '.join(argv)} imported {sorted(names & set(HEAVY))}"
+
+
+@pytest.mark.parametrize("argv", [["-m", "bitfit", "--version"],
+                                  ["flows/search.py", "--version"]], ids=" ".join)
+def test_version_prints_the_installed_distributions_version(argv):
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+    assert (done.returncode, done.stdout) == (0, f"bitfit {version('bitfit')}\n"), done.stderr
 
 
 def test_a_preloaded_model_is_taken_once_and_a_bad_one_fails_in_its_phase(tmp_path):

@@ -106,6 +106,21 @@ def test_resuming_adds_trials_without_rerunning_finished_ones(base, cola_search,
     assert more.study.trials[2].params not in first_params  # a resumed sampler draws anew
     assert first.parent_run_id == more.parent_run_id
     assert len(tracker.child_runs(more.experiment_id, more.parent_run_id)) == 3
+    assert tracker.client.get_experiment(more.experiment_id).name == "bitfit-cola"  # a new home
+    assert more.study.metric_names == ["mcc"]  # Optuna's plots and its dashboard name it
+
+
+@pytest.mark.slow
+def test_a_study_of_a_home_from_before_bitfit_task_resumes_in_its_old_experiment(
+        base, cola_search, tmp_path):
+    # the home as bitfit left it when a task's experiment was the bare task's name
+    first, _ = _run(base, cola_search, load_space(TINY), tmp_path, "old", 1, experiment="cola")
+    more, tracker = _run(base, cola_search, load_space(TINY), tmp_path, "old", 2)
+
+    assert more.ran == 1 and more.parent_run_id == first.parent_run_id
+    assert tracker.client.get_experiment(more.experiment_id).name == "cola"
+    assert len(tracker.child_runs(more.experiment_id, more.parent_run_id)) == 2
+    assert tracker.client.get_experiment_by_name("bitfit-cola") is None
 
 
 @pytest.mark.slow
@@ -135,6 +150,23 @@ def test_a_failed_trial_keeps_its_reason_and_the_study_goes_on(base, cola_search
             tracker.child_runs(outcome.experiment_id, outcome.parent_run_id)}
     assert runs[failed.number].data.tags["state"] == "FAIL"
     assert "pooler" in runs[failed.number].data.tags["fail_reason"]
+
+
+def test_a_study_from_before_metric_names_gets_its_metrics_name_and_keeps_its_trials(tmp_path):
+    import optuna
+
+    from bitfit.studies import describe
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    old = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    old.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    selection = dataclasses.make_dataclass("Data", ["selection_split", "evals"])
+    describe(old, selection("heldout", {"heldout": range(100)}), "mcc")
+    again = optuna.load_study(study_name="old", storage=storage)  # as the next run reads it
+
+    assert again.metric_names == ["mcc"] and again.best_value == old.best_value
+    assert "value_mcc" in again.trials_dataframe().columns and len(again.trials) == 2
+    assert again.user_attrs["selection_examples"] == 100
 
 
 def test_passwords_in_urls_are_masked():

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from bitfit.data._readers import HUB_DATASET, load_splits
+from bitfit.data._readers import HUB_DATASET, glue_folder, load_splits
 from bitfit.data._tokenised import Encoded, encode, rows_fingerprint
-from bitfit.settings import GLUE_DIR_ENV
 from bitfit.tasks import Task
 
 HELDOUT = "heldout"  # the name of a validation split carved out of train
@@ -124,7 +123,7 @@ def prepare(
     if validation_fraction:
         train, held = carve_validation(task, train, validation_fraction, seed=data_seed)
         evals = {HELDOUT: held, **evals}
-    source = str(train_file or data_dir or os.environ.get(GLUE_DIR_ENV) or HUB_DATASET)
+    source = str(train_file or data_dir or glue_folder() or HUB_DATASET)
     enc = {s: encode(task, f, tokenizer, max_length=max_length, cache_dir=cache_dir)
            for s, f in {"train": train, **evals}.items()}
     train_enc = enc.pop("train")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,20 @@ from bitfit.settings import GLUE_DIR_ENV
 from bitfit.tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
+_SAID: set[str] = set()  # the empty $BITFIT_GLUE_DIR folders this process has named
+
+
+def glue_folder(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The GLUE folder to read: ``data_dir``, else ``$BITFIT_GLUE_DIR``; None for the Hub's
+    ``nyu-mll/glue``: neither is given, or ``$BITFIT_GLUE_DIR`` names an empty folder (the
+    container stack mounts one there when it has no local data, infra/docker-compose.yml)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get(GLUE_DIR_ENV)
+    if not env:
+        return None
+    folder = Path(env)
+    return None if folder.is_dir() and not any(folder.iterdir()) else folder
 
 
 def load_splits(
@@ -53,8 +68,8 @@ def load_splits(
             raise ValueError("a custom task needs both --train-file and --dev-file")
         task, splits, classes_from = _read_custom(task, train_file, dev_file, test_file)
     else:
-        glue_dir = data_dir if data_dir is not None else os.environ.get(GLUE_DIR_ENV)
-        splits = _read_glue_dir(task, Path(glue_dir)) if glue_dir else _read_hub(task)
+        glue_dir = glue_folder(data_dir)
+        splits = _read_glue_dir(task, glue_dir) if glue_dir else _read_hub(task)
     frames = {s: _normalise(task, split, classes_from) for s, split in splits.items()}
     if TEST_SPLIT in frames:
         _refuse_leaked_test(task, frames, test_file)
@@ -182,13 +197,19 @@ def _read_hub(task: Task) -> dict[str, _Split]:
 
     if not task.glue_dir:
         raise ValueError(f"task {task.name!r} is not a GLUE task; give --train-file and --dev-file")
+    empty = os.environ.get(GLUE_DIR_ENV)
+    if empty and empty not in _SAID:  # a folder without files: no local data (glue_folder)
+        _SAID.add(empty)
+        print(f"${GLUE_DIR_ENV} {empty} is an empty folder: reading GLUE task {task.name} from "
+              f"the Hugging Face Hub ({HUB_DATASET})", file=sys.stderr)
     try:
         loaded = datasets.load_dataset(HUB_DATASET, task.name)
     except (OSError, ConnectionError) as err:
         raise DataSourceError(
-            f"could not load GLUE task {task.name!r} from the Hugging Face Hub ({HUB_DATASET}): "
-            f"{err}. Pass --data-dir DIR (or set ${GLUE_DIR_ENV}) to a folder in the official "
-            f"GLUE layout ({task.glue_dir}/train.tsv, {task.glue_dir}/dev.tsv)"
+            f"could not load GLUE task {task.name!r} from the Hugging Face Hub ({HUB_DATASET}; "
+            f"{' '.join(str(err).split()).rstrip('.')}): pass --data-dir DIR (or set "
+            f"${GLUE_DIR_ENV}) to a folder in the official GLUE layout "
+            f"({task.glue_dir}/train.tsv, {task.glue_dir}/dev.tsv)"
         ) from err
     columns = list(task.text_columns) + ["label"]
     splits = {}

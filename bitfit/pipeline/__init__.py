@@ -31,7 +31,7 @@ __all__, __getattr__, __dir__ = lazy_names(__name__, {
                   "print_report print_summary summary_markdown typed"),
     "phases": "_direct evaluate final_data final_evaluation load_model preload prepare run",
     "checks": ("check_device check_evaluation check_length check_search check_shared_stores "
-               "check_stores worker_device"),
+               "check_stores named_experiment worker_device"),
     "studies": ("default_study_name read_study_summary search_study side_processes study_data "
                 "study_summary trial_count trial_processes"),
     "evaluation": "evaluate_studies evaluation_configs evaluation_name study_sizes",

@@ -4,6 +4,7 @@ the task, the spaces, the device, the home and the stores."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from bitfit.checks import at_least, device_name, positive, writable_folder
@@ -32,6 +33,22 @@ def check_stores(storage: str | None, tracking_uri: str | None, home: str) -> tu
     check_storage(storage)
     check_tracking(tracking_uri)
     return storage, tracking_uri
+
+
+def named_experiment(config: Config, say: Callable[[str], None]) -> Config:
+    """The config with its MLflow experiment named: ``--experiment``, else the task's
+    (``Tracker.task_experiment``: ``bitfit-<task>``, or the bare ``<task>`` of a store whose runs
+    are there from before, which ``say`` tells once). ``config`` has its stores resolved."""
+    if config.experiment or config.tracking_uri is None:
+        return config
+    from bitfit.tracking import Tracker, experiment_name
+
+    name = Tracker(config.tracking_uri, home=str(config.home)).task_experiment(config.task)
+    if name != experiment_name(config.task):
+        say(f"MLflow: this store's bitfit runs of {config.task} are in its experiment {name!r} "
+            f"from before experiments were named {experiment_name(config.task)}, so new runs go "
+            "there too (--experiment NAME chooses another)")
+    return dataclasses.replace(config, experiment=name)
 
 
 def check_shared_stores(workers: int, storage: str, tracking_uri: str) -> None:

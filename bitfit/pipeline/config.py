@@ -104,6 +104,7 @@ class Config:
     storage: str | None = None  # default: $BITFIT_OPTUNA_STORAGE, else the home's SQLite
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else the home's SQLite
     home: str | None = None  # default: $BITFIT_HOME, else ./runs
+    experiment: str | None = None  # MLflow's; default: Tracker.task_experiment (bitfit-<task>)
 
     def __post_init__(self) -> None:
         """The checks of its values alone, made whenever a config is made (the command line,

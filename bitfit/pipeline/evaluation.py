@@ -44,7 +44,8 @@ def evaluation_configs(storage: str, *, bitfit_study: str, full_study: str | Non
 
 def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_study: str,
                      full_study: str | None, seeds: int, extra_methods: tuple[str, ...],
-                     tracking_uri: str, home: str, name: str, processes: int | None = None,
+                     tracking_uri: str, home: str, name: str, experiment: str | None = None,
+                     processes: int | None = None,
                      device: str = "auto", max_train_samples: int | None = None,
                      promote: bool = False, report: Report = STDERR) -> EvaluationSummary:
     """Train each method's best configuration with each seed; the comparison.
@@ -62,8 +63,8 @@ def evaluate_studies(base: BaseModel, data: TaskData, *, storage: str, bitfit_st
                                  train_samples=trained_on if 0 < trained_on < len(data.train)
                                  else None)
     comparison = compare(base, data, configs, seeds=seeds, home=home, name=name,
-                         tracker=Tracker(tracking_uri, home=home), processes=processes,
-                         device=device, log=report.line, promote=promote,
+                         tracker=Tracker(tracking_uri, home=home), experiment=experiment,
+                         processes=processes, device=device, log=report.line, promote=promote,
                          selected_on="heldout" if held else "dev",
                          progress=lambda done, total: report.progress(
                              f"evaluation {name}", done, total))

@@ -12,7 +12,8 @@ from typing import Any
 from bitfit.checks import positive, writable_folder
 from bitfit.data import TaskData
 from bitfit.models import BaseModel
-from bitfit.pipeline.checks import check_evaluation, check_length, check_search
+from bitfit.pipeline.checks import (check_evaluation, check_length, check_search,
+                                    named_experiment)
 from bitfit.pipeline.config import HELDOUT_FRACTION, Config, resolve_task
 from bitfit.pipeline.evaluation import evaluate_studies, evaluation_name, study_sizes
 from bitfit.pipeline.studies import (default_study_name, search_study, side_processes,
@@ -104,7 +105,7 @@ def run(config: Config = DEFAULT, *, phase: Callable[..., Any] = _direct,
     """
     from bitfit.space import load_space
 
-    c = check_search(config)
+    c = named_experiment(check_search(config), report.line)
     _start(c, on_workers)
     parsed = load_space(c.space)  # a bad file failed above, before any work
     samples = c.max_train_samples or parsed.max_train_samples
@@ -126,6 +127,7 @@ def run(config: Config = DEFAULT, *, phase: Callable[..., Any] = _direct,
         processes = trial_processes(c, data, trials or load_space(space).n_trials)
         return phase(search_study, base, data, space=space, n_trials=trials, storage=c.storage,
                      tracking_uri=c.tracking_uri, study_name=study, home=c.home,
+                     experiment=c.experiment,
                      run_params={**run_params, "max_train_samples": samples,
                                  "train_examples": len(data.train)}, device=c.device,
                      processes=processes, report=report)
@@ -155,6 +157,7 @@ def final_evaluation(base: BaseModel, data: TaskData, c: Config, bitfit_study: s
                             full_study=full_study, seeds=c.seeds,
                             extra_methods=c.extra_methods, tracking_uri=c.tracking_uri,
                             home=c.home, name=evaluation_name(bitfit_study, full_study, c.seeds),
+                            experiment=c.experiment,
                             processes=c.eval_processes, device=c.device,
                             max_train_samples=c.max_train_samples, promote=c.promote,
                             report=report)
@@ -166,7 +169,7 @@ def evaluate(config: Config = DEFAULT, *, bitfit_study: str, full_study: str | N
     """The final evaluation alone: the best configuration of ``bitfit_study`` (and of
     ``full_study``) with ``config.seeds`` seeds on the whole training split, compared on dev
     (and on the test file); the comparison, JSON-ready (``EvaluationSummary.as_dict``)."""
-    c = check_evaluation(config)
+    c = named_experiment(check_evaluation(config), report.line)
     assert c.storage is not None
     from bitfit.compare import best_config
 

@@ -43,7 +43,8 @@ def study_data(base: BaseModel, config: Config, space) -> TaskData:
 
 def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int | None,
                  storage: str, tracking_uri: str, study_name: str, home: str,
-                 run_params: dict[str, Any], device: str = "auto", processes: int = 1,
+                 run_params: dict[str, Any], experiment: str | None = None,
+                 device: str = "auto", processes: int = 1,
                  report: Report = STDERR) -> StudySummary:
     """Run (or resume) a study, every trial recorded in MLflow; its summary.
 
@@ -52,7 +53,7 @@ def search_study(base: BaseModel, data: TaskData, *, space: str, n_trials: int |
     trial lines go to stderr."""
     study = {"space": space, "storage": storage, "study_name": study_name, "home": home,
              "n_trials": n_trials, "tracking_uri": tracking_uri, "run_params": run_params,
-             "device": device}
+             "experiment": experiment, "device": device}
 
     def here() -> Any:
         return _study_loop(base, data, study, log=report.line,
@@ -86,8 +87,8 @@ def _study_loop(base: BaseModel, data: TaskData, study: dict[str, Any], *,
                      study_name=study["study_name"], home=study["home"],
                      n_trials=study["n_trials"],
                      tracker=Tracker(study["tracking_uri"], home=study["home"]),
-                     run_params=study["run_params"], device=study["device"], log=log,
-                     progress=progress)
+                     experiment=study["experiment"], run_params=study["run_params"],
+                     device=study["device"], log=log, progress=progress)
 
 
 def _study_in_process(study: dict[str, Any]) -> None:
@@ -170,7 +171,7 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
     from optuna.trial import TrialState
 
     from bitfit.report import pareto_front
-    from bitfit.tracking import trade_off, ui_command
+    from bitfit.tracking import run_url, trade_off, ui_command
 
     best = study.best_trial if study.get_trials(states=[TrialState.COMPLETE]) else None
     points = trade_off(study)
@@ -190,4 +191,5 @@ def study_summary(study, experiment_id: str | None, ran: int, data: TaskData, *,
         best_params=None if best is None else best.params,
         best_trial=None if best is None else best.number,
         mlflow_ui=ui_command(tracking_uri, home),
+        mlflow_runs=run_url(tracking_uri, experiment_id, None) if experiment_id else "",
         trial_table=table, pareto=sorted(front, key=lambda p: p["trainable_params"]))

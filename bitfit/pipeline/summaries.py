@@ -53,6 +53,7 @@ class StudySummary:
     best_params: dict[str, Any] | None
     best_trial: int | None
     mlflow_ui: str
+    mlflow_runs: str = ""  # the experiment's runs page where ``mlflow_ui`` serves the store
     trial_table: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pareto: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -209,6 +210,8 @@ class RunSummary:
                      + (f", evaluation run {self.evaluation.evaluation_run_id}"
                         if self.evaluation else "") + f" in {self.study.tracking_uri}")
         lines.append(f"see it: {self.study.mlflow_ui}")
+        if self.study.mlflow_runs:  # the experiment's runs, not its first page
+            lines.append(f"its runs: {self.study.mlflow_runs}")
         prefect_run = self.prefect_flow_run or {}
         if prefect_run.get("ui"):
             lines.append(f"Prefect: flow run {prefect_run['name']} at {prefect_run['ui']}")

@@ -284,7 +284,7 @@ def _claim_lines(verdicts: list[dict[str, Any]]) -> list[str]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The report's tables and verdicts, and where MLflow shows it all."""
-    from bitfit.tracking import ui_command
+    from bitfit.tracking import run_url, ui_command
 
     print(summary["markdown"])
     print(f"report and plots: {Path(summary['report']).parent}")
@@ -293,3 +293,5 @@ def print_summary(summary: dict[str, Any]) -> None:
     home = summary.get("home")
     if home:
         print(f"see it: {ui_command(summary['tracking_uri'], home)}")
+    if summary.get("experiment_id"):  # the experiment's runs, not its first page
+        print(f"its runs: {run_url(summary['tracking_uri'], summary['experiment_id'], None)}")
