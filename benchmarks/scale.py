@@ -95,7 +95,8 @@ def main() -> None:
         "target": f">= {TARGET}", "meets_target": rates[2][0] / rates[1][0] >= TARGET,
         "trials": {"1_worker": rates[1][1], "2_workers": rates[2][1]},
         "setup": {"task": "cola", "train_samples": args.samples, "space": "quick",
-                  "storage": "PostgreSQL 15 (throwaway cluster)", "threads_per_worker": 1},
+                  "storage": f"{stack.binaries.describe()} (throwaway cluster)",
+                  "threads_per_worker": 1},
         **run.info(),
     })
 

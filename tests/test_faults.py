@@ -17,9 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT, TINY
-
-sys.path.insert(0, str(ROOT / "infra"))
-from stack import PG_BIN  # noqa: E402
+from tests.procs import alive, descendants
 
 pytestmark = pytest.mark.slow  # servers and subprocesses end to end
 
@@ -43,31 +41,6 @@ def _search(glue_dir, home: Path, *args: str, env: dict[str, str] | None = None)
         env=env or _env(), cwd=home)
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _wait_for_running_trial(home: Path, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -88,13 +61,13 @@ def _interrupt(home: Path, process: subprocess.Popen, sig: signal.Signals
                ) -> tuple[str, float, list[int]]:
     """Signal a search inside a trial; its stderr, the seconds it took to end, its helpers."""
     _wait_for_running_trial(home, process)
-    helpers = _descendants(process.pid)
+    helpers = descendants(process.pid)
     started = time.monotonic()
     process.send_signal(sig)
     if sig == signal.SIGKILL:
         process.wait(timeout=60)
         for pid in helpers:  # the orphans a SIGKILL leaves (holding our pipes): not kept
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     _, err = process.communicate(timeout=60)
     return err, time.monotonic() - started, helpers
@@ -129,7 +102,7 @@ def test_a_signal_mid_trial_loses_only_that_trial_and_the_same_command_retries_i
         "error: interrupted by SIGTERM: finished trials and runs are kept; run the same "
         "command to resume (an interrupted trial runs again first)"], err[-3000:]
     assert "Traceback" not in err
-    assert helpers and not [p for p in helpers if _alive(p)]  # Prefect's server stopped
+    assert helpers and not [p for p in helpers if alive(p)]  # Prefect's server stopped
     termed = optuna.load_study(study_name="cut", storage=storage).get_trials(
         states=[TrialState.FAIL])
     assert [t.user_attrs["fail_reason"] for t in termed] == ["interrupted by SIGTERM"]
@@ -182,9 +155,9 @@ def test_three_processes_on_one_new_home_share_a_study_without_repeating_draws(g
 
 
 def _psql(stack, sql: str) -> None:
-    subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(stack.pg_port), "-U",
-                    "bitfit", "-d", "postgres", "-v", "ON_ERROR_STOP=1"], input=sql, text=True,
-                   check=True, capture_output=True, env={**os.environ, **stack.pg_env()})
+    subprocess.run([str(stack.binaries / "psql"), "-h", "127.0.0.1", "-p", str(stack.pg_port),
+                    "-U", "bitfit", "-d", "postgres", "-v", "ON_ERROR_STOP=1"], input=sql,
+                   text=True, check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -202,7 +175,6 @@ def planted(stack):
     _psql(stack, "SELECT pg_reload_conf();")
 
 
-@pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="PostgreSQL is not installed")
 def test_a_planted_password_lands_in_no_store_log_or_file(glue_dir, tmp_path, stack, planted):
     secret = planted
     prefect_home = tmp_path / "prefect"
@@ -216,12 +188,12 @@ def test_a_planted_password_lands_in_no_store_log_or_file(glue_dir, tmp_path, st
                       env=_env(PREFECT_HOME=str(prefect_home)))
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
-    dumps = [subprocess.run([str(PG_BIN / "pg_dump"), "-h", "127.0.0.1", "-p",
+    dumps = [subprocess.run([str(stack.binaries / "pg_dump"), "-h", "127.0.0.1", "-p",
                              str(stack.pg_port), "-U", "bitfit", db], check=True,
-                            capture_output=True, env={**os.environ, **stack.pg_env()}
-                            ).stdout for db in ("planted", "mlflow")]
-    server_files = [p for p in stack.root.rglob("*") if p.is_file() and "pg" not in
-                    p.relative_to(stack.root).parts[:1] and p.name != "pwfile"]
+                            capture_output=True).stdout for db in ("planted", "mlflow")]
+    # the servers' logs and files: all but the cluster and the PostgreSQL programs (as root)
+    server_files = [p for p in stack.root.rglob("*") if p.is_file() and
+                    p.relative_to(stack.root).parts[0] not in ("pg", "postgresql")]
     stored = [(str(p), p.read_bytes()) for p in server_files]
 
     assert b"trial_params" in dumps[0] and b"latest_metrics" in dumps[1]  # the data is there

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow  # servers and subprocesses end to end
 def searched(stack, glue_dir, tmp_path_factory):
     """A finished quick SST-2 search with both studies and a final evaluation, run by the flow
     against the servers: Optuna on PostgreSQL, the MLflow server, the Prefect server."""
-    assert available(), ("the UI check needs a headless browser: apt-get install chromium "
-                         "chromium-driver (.ci/run does), and pip install selenium (the dev extra)")
+    assert available(), ("the UI check needs a headless browser: ./setup.sh installs it (apt-get "
+                         "install chromium chromium-driver) and selenium (the dev extra)")
     home = tmp_path_factory.mktemp("ui-home")
     env = {**os.environ, **stack.env(), "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
