@@ -252,7 +252,7 @@ def test_side_by_side_processes_resume_from_the_records_their_seeds_wrote(base, 
                                      train_eval_samples=0, learning_rate=5e-3)}
     lines: list[str] = []
 
-    def stop(done, total):  # Ctrl-C once the first seed is reported; the other may be done
+    def stop(done, total):  # Ctrl-C once the first seed is reported
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -261,7 +261,9 @@ def test_side_by_side_processes_resume_from_the_records_their_seeds_wrote(base, 
     folder = tmp_path / "evaluations" / "p"
     records = sorted((folder / "seeds").glob("*.json"))
     tensors = {p.stem: (folder / p.stem / TENSORS).stat().st_mtime_ns for p in records}
-    assert 1 <= len(records) <= 2, [p.name for p in records]
+    # the seeds in flight when the first is reported finish and write their records too: how
+    # many depends on the timing, and the resume must train exactly the ones without a record
+    assert 1 <= len(records) <= 3, [p.name for p in records]
     lines.clear()
 
     comparison = compare(base, cola_small, configs, seeds=3, home=tmp_path, name="p",
