@@ -37,8 +37,10 @@ def _ci_checkout(tmp_path: Path, setup: str) -> Path:
     shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
     (tmp_path / ".venv").mkdir()  # a stale one, which CI removes first
     (tmp_path / "README.md").write_text(
-        f"# x\n\n## Quick start\n\n<!-- setup -->\n```bash\n{setup}\n```\n\n<!-- test -->\n"
-        "```bash\necho tests ran with telemetry=$MLFLOW_DISABLE_TELEMETRY\n```\n")
+        # the set-up block stands a shell function in for python, which the test command runs
+        "# x\n\n## Quick start\n\n<!-- setup -->\n```bash\n"
+        'python() { echo "tests ran with telemetry=$MLFLOW_DISABLE_TELEMETRY"; }\n'
+        f"{setup}\n```\n\n<!-- test -->\n```bash\n{TEST_BLOCK}\n```\n")
     return tmp_path
 
 
@@ -137,3 +139,12 @@ def test_setup_with_an_old_python_names_the_one_to_install(tmp_path):
 
 def test_the_set_up_and_ci_scripts_are_executable():
     assert os.access(ROOT / "setup.sh", os.X_OK) and os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+def test_ci_refuses_a_readme_whose_test_block_is_not_its_test_command(tmp_path):
+    checkout = _ci_checkout(tmp_path, "true")
+    readme = checkout / "README.md"
+    readme.write_text(readme.read_text().replace(TEST_BLOCK, "python -m pytest -q -m 'not slow'"))
+    out = subprocess.run(["bash", str(checkout / ".ci" / "run")], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and "make them agree" in out.stderr
